@@ -1,0 +1,30 @@
+"""torchblocks: Keras architecture patterns as Keras-exact PyTorch modules.
+
+Residual connections, channels-first batch normalization and depthwise-separable convolutions,
+with fvcore parameter/FLOP analysis against standard convolutions.
+"""
+from .activations import get_activation
+from .conv import Conv2d, DepthwiseConv2d, SeparableConv2d
+from .linear import Dense
+from .norm import BatchNorm, ConvBN, DenseBN
+from .pooling import AvgPool2d, MaxPool2d
+from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projection, Residual
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AvgPool2d",
+    "BatchNorm",
+    "Conv2d",
+    "ConvBN",
+    "Dense",
+    "DenseBN",
+    "DepthwiseConv2d",
+    "DownsamplingResidualBlock",
+    "IdentityResidualBlock",
+    "MaxPool2d",
+    "Projection",
+    "Residual",
+    "SeparableConv2d",
+    "get_activation",
+]

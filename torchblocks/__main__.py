@@ -1,0 +1,4 @@
+"""``python -m torchblocks`` runs the ``torchblocks`` command."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""Convolutions with Keras padding: ``Conv2d``, ``DepthwiseConv2d`` and ``SeparableConv2d``.
+
+``padding="same"`` follows Keras/TensorFlow for every stride and dilation (output ``ceil(n / s)``,
+the extra pixel of an odd total pad at the bottom/right). Where that pad is static and symmetric
+it is handed to ``nn.Conv2d`` once at construction, so the layer costs nothing over ``nn.Conv2d``;
+otherwise the pad is computed from each input's size, and applied by the convolution itself
+whenever it comes out symmetric, with ``F.pad`` only in the asymmetric case.
+"""
+from typing import List, Tuple, Union
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.jit import Final
+
+from .activations import ActivationArg, get_activation, is_identity
+from .padding import (
+    PaddingArg,
+    check_positive_int,
+    effective_kernel,
+    is_static_same,
+    normalize_padding,
+    output_size as _output_size,
+    same_pad_list,
+    to_pair,
+)
+
+
+def check_nchw(x: Tensor, channels: int, layer: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is (N, ``channels``, H, W), hinting at channels-last input."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"{layer} expects a 4-D (N, C, H, W) input with C={channels}; received a {x.dim()}-D "
+            f"tensor of shape {x.shape}."
+        )
+    if x.shape[1] != channels:
+        hint = ""
+        if x.shape[3] == channels:
+            hint = (
+                " It looks channels-last (N, H, W, C), as Keras uses; torchblocks layers are "
+                "channels-first: pass x.permute(0, 3, 1, 2)."
+            )
+        raise ValueError(
+            f"{layer} expects (N, {channels}, H, W) input; received shape {x.shape}.{hint}"
+        )
+
+
+def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
+    check_positive_int(in_channels, "in_channels")
+    check_positive_int(out_channels, "out_channels")
+    check_positive_int(groups, "groups")
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if value % groups:
+            raise ValueError(
+                f"Invalid value for argument `groups`. `{name}` must be divisible by groups. "
+                f"Received {name}={value}, groups={groups}."
+            )
+
+
+class Conv2d(nn.Conv2d):
+    """2-D convolution with Keras padding and an optional activation. Keras: ``Conv2D``.
+
+    A drop-in ``nn.Conv2d`` (same parameters and state-dict keys) on (N, C, H, W) tensors.
+
+    Args:
+        in_channels: C of the (N, C, H, W) input.
+        out_channels: channels of the (N, out_channels, H', W') output.
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw).
+        padding: ``"valid"`` (none), ``"same"`` (Keras: H' = ceil(H / sh) for every stride and
+            dilation, extra pixel bottom/right), or an int / (ph, pw) of symmetric zero padding.
+        dilation: int or (dh, dw).
+        groups: as ``nn.Conv2d``; must divide both channel counts.
+        bias: learn an additive bias.
+        activation: Keras ``activation=``: ``None``, a Keras name such as ``"relu"``, or a module.
+    """
+
+    same_is_dynamic: Final[bool]
+    has_activation: Final[bool]
+    layer_name: Final[str]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Tuple[int, int]],
+        stride: Union[int, Tuple[int, int]] = 1,
+        padding: PaddingArg = "valid",
+        dilation: Union[int, Tuple[int, int]] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        activation: ActivationArg = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        _check_channels(in_channels, out_channels, groups)
+        kernel = to_pair(kernel_size, "kernel_size")
+        strides = to_pair(stride, "stride")
+        dilations = to_pair(dilation, "dilation")
+        if not isinstance(bias, bool):
+            raise TypeError(f"Invalid type for argument `bias`. Expected a bool. Received bias={bias!r}.")
+        spec = normalize_padding(padding)
+        static_same = spec == "same" and all(
+            is_static_same(k, s, d) for k, s, d in zip(kernel, strides, dilations)
+        )
+        if static_same:
+            torch_padding = tuple((effective_kernel(k, d) - 1) // 2 for k, d in zip(kernel, dilations))
+        elif isinstance(spec, str):
+            torch_padding = (0, 0)
+        else:
+            torch_padding = spec
+        super().__init__(
+            in_channels, out_channels, kernel, strides, torch_padding, dilations, groups, bias,
+            device=device, dtype=dtype,
+        )
+        self.padding_spec = spec
+        self.layer_name = type(self).__name__
+        self.same_is_dynamic = spec == "same" and not static_same
+        self.act = get_activation(activation)
+        self.has_activation = not is_identity(self.act)
+
+    def _same_conv(self, x: Tensor) -> Tensor:
+        pads: List[int] = same_pad_list(
+            x.shape[-2], x.shape[-1], self.kernel_size, self.stride, self.dilation
+        )
+        if pads[0] == pads[1] and pads[2] == pads[3]:
+            return F.conv2d(
+                x, self.weight, self.bias, self.stride, [pads[2], pads[0]], self.dilation, self.groups
+            )
+        return F.conv2d(
+            F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
+        check_nchw(x, self.in_channels, self.layer_name)
+        if self.same_is_dynamic:
+            x = self._same_conv(x)
+        else:
+            x = self._conv_forward(x, self.weight, self.bias)
+        if self.has_activation:
+            x = self.act(x)
+        return x
+
+    def output_size(self, height: int, width: int) -> Tuple[int, int]:
+        """Spatial output size (H', W') for an (H, W) input, by the Keras formula."""
+        pads = (self.padding_spec,) * 2 if self.padding_spec == "same" else self.padding
+        h, w = (
+            _output_size(n, k, s, p, d)
+            for n, k, s, p, d in zip((height, width), self.kernel_size, self.stride, pads, self.dilation)
+        )
+        return h, w
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        s += f", stride={self.stride}, padding={self.padding_spec!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class DepthwiseConv2d(Conv2d):
+    """Per-channel spatial convolution. Keras: ``DepthwiseConv2D``.
+
+    A grouped ``Conv2d`` with ``groups=in_channels``: (N, C, H, W) -> (N, C * depth_multiplier,
+    H', W'); output channel ``c * depth_multiplier + j`` is filter ``j`` of input channel ``c``, and
+    the weight has shape (C * depth_multiplier, 1, kh, kw) (Keras: (kh, kw, C, depth_multiplier)).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: Union[int, Tuple[int, int]],
+        stride: Union[int, Tuple[int, int]] = 1,
+        padding: PaddingArg = "valid",
+        dilation: Union[int, Tuple[int, int]] = 1,
+        depth_multiplier: int = 1,
+        bias: bool = True,
+        *,
+        activation: ActivationArg = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(depth_multiplier, "depth_multiplier")
+        super().__init__(
+            in_channels, in_channels * depth_multiplier, kernel_size, stride, padding, dilation,
+            groups=in_channels, bias=bias, activation=activation, device=device, dtype=dtype,
+        )
+        self.depth_multiplier = depth_multiplier
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        s += f", padding={self.padding_spec!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        s += f", depth_multiplier={self.depth_multiplier}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class SeparableConv2d(nn.Module):
+    """Depthwise conv (no bias) followed by a 1×1 pointwise conv. Keras: ``SeparableConv2D``.
+
+    (N, in_channels, H, W) -> (N, out_channels, H', W'), with
+    ``k·k·C_in·m + C_in·m·C_out (+ C_out)`` parameters, exactly as Keras counts them.
+
+    Args:
+        in_channels: C of the (N, C, H, W) input.
+        out_channels: channels after the pointwise conv.
+        kernel_size, stride, padding, dilation: of the depthwise conv, as in ``Conv2d``.
+        depth_multiplier: depthwise outputs per input channel.
+        bias: bias on the pointwise conv (the depthwise conv never has one, as in Keras).
+        activation: applied after the pointwise conv, as Keras' ``activation=``.
+    """
+
+    has_activation: Final[bool]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Tuple[int, int]],
+        stride: Union[int, Tuple[int, int]] = 1,
+        padding: PaddingArg = "valid",
+        dilation: Union[int, Tuple[int, int]] = 1,
+        depth_multiplier: int = 1,
+        bias: bool = True,
+        *,
+        activation: ActivationArg = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.depthwise = DepthwiseConv2d(
+            in_channels, kernel_size, stride, padding, dilation, depth_multiplier, bias=False,
+            device=device, dtype=dtype,
+        )
+        self.pointwise = Conv2d(
+            in_channels * depth_multiplier, out_channels, 1, bias=bias, device=device, dtype=dtype
+        )
+        self.act = get_activation(activation)
+        self.has_activation = not is_identity(self.act)
+
+    @property
+    def in_channels(self) -> int:
+        return self.depthwise.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.pointwise.out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
+        x = self.pointwise(self.depthwise(x))
+        if self.has_activation:
+            x = self.act(x)
+        return x
+
+    def extra_repr(self) -> str:
+        dw = self.depthwise
+        s = f"{dw.in_channels}, {self.pointwise.out_channels}, kernel_size={dw.kernel_size}"
+        s += f", stride={dw.stride}, padding={dw.padding_spec!r}"
+        if dw.dilation != (1, 1):
+            s += f", dilation={dw.dilation}"
+        if dw.depth_multiplier != 1:
+            s += f", depth_multiplier={dw.depth_multiplier}"
+        if self.pointwise.bias is None:
+            s += ", bias=False"
+        return s

@@ -1,0 +1,112 @@
+"""Keras padding arithmetic and argument normalisation: pure functions, no tensors.
+
+Keras (and TensorFlow) define ``padding="same"`` by the output size ``ceil(n / stride)``; the total
+padding that achieves it is ``max((ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)``, split with the
+extra pixel at the bottom/right. It is static and symmetric exactly when ``stride == 1`` and the
+effective kernel ``(k - 1) * d + 1`` is odd; every other case depends on the input size.
+"""
+
+import math
+from typing import List, Tuple, Union
+
+IntPair = Union[int, Tuple[int, int]]
+PaddingArg = Union[str, int, Tuple[int, int]]
+
+PADDING_MODES = ("valid", "same")
+
+
+def to_pair(value: object, name: str, minimum: int = 1) -> Tuple[int, int]:
+    """Normalise an int or a pair of ints to a tuple, checking type and lower bound.
+
+    Keras: ``standardize_tuple(value, 2, name)``. ``name`` appears in every error message.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected an int or a tuple of 2 ints. "
+            f"Received {name}={value!r} of type {type(value).__name__}."
+        )
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
+        raise TypeError(
+            f"Invalid value for argument `{name}`. Expected an int or a tuple of 2 ints. "
+            f"Received {name}={value!r}."
+        )
+    if any(v < minimum for v in pair):
+        bound = "strictly positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected {bound} values. Received {name}={value!r}."
+        )
+    return pair[0], pair[1]
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` if it is an int >= 1, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected an int. "
+            f"Received {name}={value!r} of type {type(value).__name__}."
+        )
+    if value < 1:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a strictly positive value. "
+            f"Received {name}={value}."
+        )
+    return value
+
+
+def normalize_padding(padding: object) -> Union[str, Tuple[int, int]]:
+    """Return ``"valid"``/``"same"`` (case-insensitive input) or a pair of non-negative ints."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in PADDING_MODES:
+            raise ValueError(
+                f"Invalid value for argument `padding`. Expected one of {PADDING_MODES}, an int "
+                f"or a tuple of 2 ints. Received padding={padding!r}."
+            )
+        return mode
+    return to_pair(padding, "padding", minimum=0)
+
+
+def effective_kernel(kernel_size: int, dilation: int) -> int:
+    """Extent of a dilated kernel: ``(k - 1) * d + 1``."""
+    return (kernel_size - 1) * dilation + 1
+
+
+def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> Tuple[int, int]:
+    """(before, after) zero padding for Keras ``'same'`` along one axis of length ``size``."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + effective_kernel(kernel_size, dilation) - size, 0)
+    return total // 2, total - total // 2
+
+
+def is_static_same(kernel_size: int, stride: int, dilation: int = 1) -> bool:
+    """Whether Keras ``'same'`` is one symmetric pad for every input size along this axis.
+
+    True for stride 1 with an odd effective kernel, and for a 1×1 kernel at any stride (which
+    never pads: ``(ceil(n / s) - 1) * s + 1 <= n``).
+    """
+    k = effective_kernel(kernel_size, dilation)
+    return k == 1 or (stride == 1 and k % 2 == 1)
+
+
+def output_size(
+    size: int, kernel_size: int, stride: int, padding: Union[str, int], dilation: int = 1
+) -> int:
+    """Output length along one axis, the Keras/torch formula for ``'valid'``, ``'same'`` or an int pad.
+
+    Returns 0 or less where the (padded) input is smaller than the kernel.
+    """
+    if padding == "same":
+        return math.ceil(size / stride)
+    pad = 0 if padding == "valid" else int(padding)
+    return (size + 2 * pad - effective_kernel(kernel_size, dilation)) // stride + 1
+
+
+def same_pad_list(
+    height: int, width: int, kernel_size: Tuple[int, int], stride: Tuple[int, int],
+    dilation: Tuple[int, int],
+) -> List[int]:
+    """``F.pad`` argument ``[left, right, top, bottom]`` for Keras ``'same'`` on an (H, W) map."""
+    top, bottom = same_padding(height, kernel_size[0], stride[0], dilation[0])
+    left, right = same_padding(width, kernel_size[1], stride[1], dilation[1])
+    return [left, right, top, bottom]
