@@ -2,6 +2,8 @@
 from collections import OrderedDict
 from typing import Optional
 
+import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import Final
@@ -11,6 +13,17 @@ from .conv import Conv2d
 from .norm import BatchNorm
 from .padding import check_positive_int, to_pair
 from .pooling import MaxPool2d
+
+
+@torch.fx.wrap
+def _check_same_shape(y: Tensor, s: Tensor) -> None:
+    """Refuse to broadcast a residual sum; a leaf for torch.fx, so blocks stay traceable."""
+    if y.shape != s.shape:
+        raise ValueError(
+            f"Residual: the body's output shape {y.shape} differs from the shortcut's "
+            f"{s.shape}. Where the body changes channels or resolution, pass "
+            f"shortcut=Projection(in_channels, out_channels, stride)."
+        )
 
 
 class Residual(nn.Module):
@@ -45,12 +58,7 @@ class Residual(nn.Module):
         """Shape of ``body(x)``, which must equal that of ``shortcut(x)``."""
         y = self.body(x)
         s = x if self.identity_shortcut else self.shortcut(x)
-        if y.shape != s.shape:
-            raise ValueError(
-                f"Residual: the body's output shape {y.shape} differs from the shortcut's "
-                f"{s.shape}. Where the body changes channels or resolution, pass "
-                f"shortcut=Projection(in_channels, out_channels, stride)."
-            )
+        _check_same_shape(y, s)
         return y + s
 
 
