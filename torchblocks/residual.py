@@ -4,12 +4,12 @@ from typing import Optional
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import Final
 
 from .activations import ActivationArg
 from .conv import Conv2d
+from .linear import Dense
 from .norm import BatchNorm
 from .padding import check_positive_int, to_pair
 from .pooling import MaxPool2d
@@ -63,44 +63,39 @@ class Residual(nn.Module):
 
 
 class Projection(nn.Module):
-    """Linear projection shortcut: a 1×1 strided conv (optionally + BatchNorm), no activation.
+    """Linear projection shortcut, no activation: a 1×1 strided conv, or a ``Dense`` for vectors.
 
     Keras: ``Conv2D(out, 1, strides=stride, padding='same')`` on feature maps, ``Dense(out)`` on
-    vectors. (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)), or
-    (N, in_channels) -> (N, out_channels) through the same weights as a ``Linear`` (stride 1 only).
-    The conv has a bias unless ``norm`` is set (BN's shift makes it redundant, as in torchvision).
+    vectors (``vector=True``). (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride),
+    ceil(W / stride)), or (N, in_channels) -> (N, out_channels). With ``norm`` a ``BatchNorm``
+    follows and the projection has no bias (BN's shift makes it redundant, as in torchvision).
 
-    Submodules: ``conv`` (``Conv2d``) and ``bn`` (``BatchNorm`` or ``nn.Identity``).
+    Submodules: ``proj`` (``Conv2d`` or ``Dense``) and ``bn`` (``BatchNorm`` or ``nn.Identity``).
     """
 
-    strided: Final[bool]
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, norm: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, norm: bool = False, *, vector: bool = False
+    ) -> None:
         super().__init__()
         strides = to_pair(stride, "stride")
-        if not isinstance(norm, bool):
-            raise TypeError(f"Invalid type for argument `norm`. Expected a bool. Received norm={norm!r}.")
-        # A 1×1 kernel never needs padding: 'valid' gives Keras' 'same' size ceil(n / s).
-        self.conv = Conv2d(in_channels, out_channels, 1, strides, "valid", bias=not norm)
+        for name, value in (("norm", norm), ("vector", vector)):
+            if not isinstance(value, bool):
+                raise TypeError(f"Invalid type for argument `{name}`. Expected a bool. Received {name}={value!r}.")
+        if vector:
+            if strides != (1, 1):
+                raise ValueError(
+                    f"Invalid value for argument `stride`. A vector projection has no stride. "
+                    f"Received stride={stride!r} with vector=True."
+                )
+            self.proj: nn.Module = Dense(in_channels, out_channels, bias=not norm)
+        else:
+            # A 1×1 kernel never needs padding: 'valid' gives Keras' 'same' size ceil(n / s).
+            self.proj = Conv2d(in_channels, out_channels, 1, strides, "valid", bias=not norm)
         self.bn = BatchNorm(out_channels) if norm else nn.Identity()
-        self.strided = strides != (1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, C_in, H, W) -> (N, C_out, H', W') or (N, C_in) -> (N, C_out)."""
-        if x.dim() == 2:
-            if self.strided:
-                raise ValueError(
-                    f"Projection with stride {self.conv.stride} needs (N, C, H, W) input; received "
-                    f"shape {x.shape}."
-                )
-            if x.shape[1] != self.conv.in_channels:
-                raise ValueError(
-                    f"Projection expects (N, {self.conv.in_channels}) input; received shape {x.shape}."
-                )
-            y = F.linear(x, self.conv.weight.flatten(1), self.conv.bias)
-        else:
-            y = self.conv(x)
-        return self.bn(y)
+        """(N, C_in, H, W) -> (N, C_out, H', W'), or (N, C_in) -> (N, C_out) with ``vector=True``."""
+        return self.bn(self.proj(x))
 
 
 class IdentityResidualBlock(Residual):
