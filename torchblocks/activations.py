@@ -19,7 +19,7 @@ class Exponential(nn.Module):
         return torch.exp(x)
 
 
-# Keras names -> module factories. Keras' ``gelu`` defaults to the tanh approximation; its
+# Keras names -> module factories. Keras 3's ``gelu`` is the exact erf form (approximate=False); its
 # ``softmax``/``log_softmax`` act on the channel axis, which is dim 1 for NCHW and (N, C) tensors;
 # ``leaky_relu`` uses negative_slope 0.2 and ``elu`` alpha 1.0.
 _ACTIVATIONS: Dict[str, Callable[[], nn.Module]] = {
@@ -28,7 +28,7 @@ _ACTIVATIONS: Dict[str, Callable[[], nn.Module]] = {
     "relu6": nn.ReLU6,
     "elu": nn.ELU,
     "selu": nn.SELU,
-    "gelu": lambda: nn.GELU(approximate="tanh"),
+    "gelu": nn.GELU,
     "sigmoid": nn.Sigmoid,
     "hard_sigmoid": HardSigmoid,
     "tanh": nn.Tanh,

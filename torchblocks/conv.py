@@ -241,6 +241,8 @@ class SeparableConv2d(nn.Module):
             in_channels, kernel_size, stride, padding, dilation, depth_multiplier, bias=False,
             device=device, dtype=dtype,
         )
+        # The depthwise conv checks the input: its errors should name the layer the user called.
+        self.depthwise.layer_name = type(self).__name__
         self.pointwise = Conv2d(
             in_channels * depth_multiplier, out_channels, 1, bias=bias, device=device, dtype=dtype
         )

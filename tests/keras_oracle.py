@@ -1,0 +1,167 @@
+"""Keras as the oracle: build a Keras 3 layer, copy its weights into a torchblocks layer by hand,
+run both and compare.
+
+The weight layouts are transposed here independently of ``torchblocks.interop`` (which these tests
+must not trust): Keras conv kernel (kh, kw, in, out) -> torch (out, in, kh, kw); depthwise kernel
+(kh, kw, C, m) -> torch (C·m, 1, kh, kw) with output channel ``c·m + j``; pointwise (1, 1, C·m, out);
+Dense kernel (in, out) -> torch (out, in). Keras runs on the torch backend (tests/conftest.py).
+"""
+import io
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+RTOL = 1e-5
+
+
+def keras():
+    """The keras module (imported on first use: it takes seconds)."""
+    import keras as _keras
+
+    return _keras
+
+
+def to_numpy(value) -> np.ndarray:
+    """A Keras output (a torch tensor on this backend) or variable as a float32 NumPy array."""
+    return np.asarray(keras().ops.convert_to_numpy(value), dtype=np.float32)
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def random_weights(layer, rng: np.random.Generator) -> None:
+    """Give every weight of a built Keras layer random values (biases too: Keras zeroes them).
+
+    Variables named ``moving_variance`` (or ``gamma``) get positive values.
+    """
+    values = []
+    for w in layer.weights:
+        shape = tuple(w.shape)
+        if w.name in ("moving_variance", "gamma"):
+            values.append(rng.uniform(0.5, 1.5, size=shape).astype(np.float32))
+        else:
+            values.append(rng.normal(0.0, 0.5, size=shape).astype(np.float32))
+    layer.set_weights(values)
+
+
+def conv_kernel(kernel: np.ndarray) -> Tensor:
+    """Keras Conv2D kernel (kh, kw, in, out) -> torch weight (out, in, kh, kw)."""
+    kh, kw, cin, cout = kernel.shape
+    w = np.empty((cout, cin, kh, kw), np.float32)
+    for o in range(cout):
+        for i in range(cin):
+            w[o, i] = kernel[:, :, i, o]
+    return torch.from_numpy(w)
+
+
+def depthwise_kernel(kernel: np.ndarray) -> Tensor:
+    """Keras depthwise kernel (kh, kw, C, m) -> torch weight (C·m, 1, kh, kw), channel c·m + j."""
+    kh, kw, channels, mult = kernel.shape
+    w = np.empty((channels * mult, 1, kh, kw), np.float32)
+    for c in range(channels):
+        for j in range(mult):
+            w[c * mult + j, 0] = kernel[:, :, c, j]
+    return torch.from_numpy(w)
+
+
+def dense_kernel(kernel: np.ndarray) -> Tensor:
+    """Keras Dense kernel (in, out) -> torch weight (out, in)."""
+    return torch.from_numpy(np.ascontiguousarray(kernel.T))
+
+
+def _set(param: Tensor, value: Tensor) -> None:
+    assert tuple(param.shape) == tuple(value.shape), (tuple(param.shape), tuple(value.shape))
+    with torch.no_grad():
+        param.copy_(value)
+
+
+def copy_conv(k_layer, conv: nn.Conv2d) -> None:
+    """Keras Conv2D -> tb.Conv2d."""
+    weights = [to_numpy(w) for w in k_layer.weights]
+    _set(conv.weight, conv_kernel(weights[0]))
+    if conv.bias is not None:
+        _set(conv.bias, torch.from_numpy(weights[1]))
+
+
+def copy_depthwise(k_layer, conv: nn.Conv2d) -> None:
+    """Keras DepthwiseConv2D -> tb.DepthwiseConv2d."""
+    weights = [to_numpy(w) for w in k_layer.weights]
+    _set(conv.weight, depthwise_kernel(weights[0]))
+    if conv.bias is not None:
+        _set(conv.bias, torch.from_numpy(weights[1]))
+
+
+def copy_separable(k_layer, sep: nn.Module) -> None:
+    """Keras SeparableConv2D (depthwise, pointwise, bias) -> tb.SeparableConv2d."""
+    weights = [to_numpy(w) for w in k_layer.weights]
+    _set(sep.depthwise.weight, depthwise_kernel(weights[0]))
+    _set(sep.pointwise.weight, conv_kernel(weights[1]))
+    if sep.pointwise.bias is not None:
+        _set(sep.pointwise.bias, torch.from_numpy(weights[2]))
+
+
+def copy_dense(k_layer, dense: nn.Linear) -> None:
+    """Keras Dense -> tb.Dense / nn.Linear."""
+    weights = [to_numpy(w) for w in k_layer.weights]
+    _set(dense.weight, dense_kernel(weights[0]))
+    if dense.bias is not None:
+        _set(dense.bias, torch.from_numpy(weights[1]))
+
+
+def copy_batchnorm(k_layer, bn_wrapper: nn.Module) -> None:
+    """Keras BatchNormalization (gamma, beta, moving mean/variance) -> tb.BatchNorm (``.bn``)."""
+    gamma, beta, mean, var = (torch.from_numpy(to_numpy(w)) for w in k_layer.weights)
+    bn = bn_wrapper.bn
+    _set(bn.weight, gamma)
+    _set(bn.bias, beta)
+    _set(bn.running_mean, mean)
+    _set(bn.running_var, var)
+
+
+def run_keras_nchw(k_layer, x: np.ndarray, **call_kwargs) -> np.ndarray:
+    """Run a Keras (NHWC) layer or model on an NCHW array; return the output as NCHW."""
+    return nhwc_to_nchw(to_numpy(k_layer(nchw_to_nhwc(x), **call_kwargs)))
+
+
+def run_torch(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
+
+
+def assert_rel_close(actual: np.ndarray, expected: np.ndarray, rtol: float = RTOL) -> None:
+    """Same shape and max |actual - expected| <= rtol · max |expected| (a relative error that
+    near-zero entries cannot blow up)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = float(np.abs(expected).max())
+    assert scale > 0, "oracle output is all zeros: the comparison would be vacuous"
+    err = float(np.abs(actual - expected).max())
+    assert err <= rtol * scale, f"max abs error {err:.3g} > {rtol:g} * {scale:.3g}"
+
+
+def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def check_scripted(module: nn.Module, inputs: Sequence[Tensor]) -> None:
+    """Script ``module``; it must match eager, and again after a torch.jit save/load round trip."""
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated on 2.14
+        scripted = torch.jit.script(module)
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+        buffer.seek(0)
+        loaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        expected = module(*inputs)
+        torch.testing.assert_close(scripted(*inputs), expected, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(*inputs), expected, rtol=0, atol=0)
