@@ -1,0 +1,368 @@
+"""Export to TorchScript, ``torch.export`` (.pt2) and ONNX, each verified against eager mode.
+
+Every exporter works on an eval-mode deep copy of the model: the caller's module is never
+changed. A model passed in training mode is exported in eval mode (BatchNorm uses its running
+statistics, as inference needs) and a ``UserWarning`` says so. Where ``example_inputs`` are given
+the export is run on them, saved, reloaded, and compared with the eager copy; a difference larger
+than the tolerance raises ``RuntimeError`` naming the module and the maximum error.
+
+``torch.export`` is PyTorch's recommended path; TorchScript (deprecated in torch 2.14, which warns
+with a ``FutureWarning`` of its own) remains for C++ ``torch::jit::load`` and existing JIT runtimes.
+"""
+import argparse
+import copy
+import os
+import sys
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+ExampleInputs = Union[Tensor, Tuple[Tensor, ...]]
+PathArg = Union[str, "os.PathLike[str]"]
+
+METHODS = ("script", "trace")
+FORMATS = ("torchscript", "exported", "onnx")
+
+# Script, trace and torch.export run the same kernels as eager mode: 1e-5 covers float32 round-off.
+# Frozen/optimised TorchScript (folded BN, MKLDNN) and ONNX Runtime use other kernels: 1e-4.
+_EXACT_TOL = 1e-5
+_KERNEL_TOL = 1e-4
+
+
+def _as_tuple(example_inputs: Optional[ExampleInputs], name: str = "example_inputs") -> Tuple[Tensor, ...]:
+    """A tuple of tensors from a tensor or a tuple/list of tensors."""
+    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else example_inputs
+    if not isinstance(inputs, (tuple, list)) or not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected a tensor or a tuple of tensors. "
+            f"Received {name}={example_inputs!r}."
+        )
+    return tuple(inputs)
+
+
+def _check_module(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"Invalid type for argument `model`. Expected an nn.Module. "
+            f"Received model={model!r} of type {type(model).__name__}."
+        )
+    return model
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy of ``model``; warns when ``model`` itself is in training mode."""
+    _check_module(model)
+    if model.training:
+        warnings.warn(
+            f"{type(model).__name__} is in training mode; exporting an eval-mode copy (BatchNorm "
+            f"uses running statistics). Call model.eval() first to silence this warning.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return copy.deepcopy(model).eval()
+
+
+def _flatten(output: Any) -> List[Tensor]:
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _flatten(item)]
+    if isinstance(output, dict):
+        return [t for key in sorted(output) for t in _flatten(output[key])]
+    raise TypeError(f"Cannot compare an output of type {type(output).__name__}; expected tensors.")
+
+
+def max_error(expected: Any, actual: Any) -> float:
+    """Largest absolute difference over all output tensors (inf when shapes differ)."""
+    exp, act = _flatten(expected), _flatten(actual)
+    if len(exp) != len(act) or any(e.shape != a.shape for e, a in zip(exp, act)):
+        return float("inf")
+    return max((float((e.detach().float() - a.detach().float()).abs().max()) if e.numel() else 0.0)
+               for e, a in zip(exp, act))
+
+
+def verify(
+    expected: Any, actual: Any, module_name: str, what: str, rtol: float, atol: float
+) -> float:
+    """Raise ``RuntimeError`` naming ``module_name`` unless ``actual`` matches ``expected``.
+
+    Tolerance: max |expected - actual| <= atol + rtol * max |expected|. Returns the max error.
+    """
+    err = max_error(expected, actual)
+    scale = max(float(t.detach().abs().max()) if t.numel() else 0.0 for t in _flatten(expected))
+    if not err <= atol + rtol * scale:
+        raise RuntimeError(
+            f"{what} of {module_name} does not match eager mode: max abs error {err:.3g} "
+            f"(allowed {atol + rtol * scale:.3g} = {atol:g} + {rtol:g} * max|output| {scale:.3g})."
+        )
+    return err
+
+
+def _writable(path: PathArg) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(
+            f"Invalid value for argument `path`. Expected a file in an existing, writable folder. "
+            f"Received path={path!r}."
+        )
+    return path
+
+
+def to_torchscript(
+    model: nn.Module,
+    path: Optional[PathArg] = None,
+    example_inputs: Optional[ExampleInputs] = None,
+    method: str = "script",
+    optimize: bool = False,
+    *,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+) -> torch.jit.ScriptModule:
+    """Script or trace an eval-mode copy of ``model``, optionally freeze it, save and verify it.
+
+    Args:
+        model: any module taking (N, C, H, W) tensors (the caller's module is left untouched).
+        path: where to save (``torch.jit.save``); the saved file is reloaded and checked.
+        example_inputs: a tensor or tuple of tensors; needed for ``method="trace"``. With inputs,
+            the result (and the reloaded file) is compared with eager mode.
+        method: ``"script"`` (keeps shape-dependent logic: Keras 'same' padding follows every input
+            size) or ``"trace"`` (records one run: shapes fixed to ``example_inputs``' H, W).
+        optimize: ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference`` (weights become
+            constants, Conv+BN folded; the result can no longer be trained). The file holds the
+            frozen module: the MKLDNN rewrite is not serialisable, so after ``torch.jit.load``
+            apply ``torch.jit.optimize_for_inference`` again (the returned module has it).
+        rtol, atol: verification tolerance (default 1e-5 each, 1e-4 with ``optimize``).
+
+    Returns:
+        The (loaded, when ``path`` is given) ``ScriptModule``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Invalid value for argument `method`. Expected one of {METHODS}. Received method={method!r}.")
+    inputs = None if example_inputs is None else _as_tuple(example_inputs)
+    if method == "trace" and inputs is None:
+        raise ValueError("Invalid value for argument `example_inputs`. method='trace' needs example inputs. Received example_inputs=None.")
+    path = None if path is None else _writable(path)
+    eager = inference_copy(model)
+    name = type(model).__name__
+    tol = _KERNEL_TOL if optimize else _EXACT_TOL
+    rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
+    # torch 2.14 already emits a FutureWarning for torch.jit.*; adding our own would duplicate it.
+    if method == "script":
+        scripted = torch.jit.script(eager)
+    else:
+        with torch.no_grad():
+            scripted = torch.jit.trace(eager, inputs, check_trace=False)
+    if optimize:
+        # freeze inlines the weights and folds Conv+BN; it is what gets saved, because the MKLDNN
+        # constants that optimize_for_inference adds afterwards cannot be serialised.
+        scripted = torch.jit.freeze(scripted)
+    if path is not None:
+        torch.jit.save(scripted, path)
+        scripted = torch.jit.load(path)
+    if optimize:
+        scripted = torch.jit.optimize_for_inference(scripted)
+    if inputs is not None:
+        with torch.no_grad():
+            verify(eager(*inputs), scripted(*inputs), name, f"TorchScript ({method})", rtol, atol)
+    return scripted
+
+
+def _batch_of_two(inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """torch.export specialises a dimension of size 1; repeat a batch of 1 to export it dynamic."""
+    return tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in inputs)
+
+
+def _dynamic_batch(inputs: Tuple[Tensor, ...]) -> Tuple[Dict[int, Any], ...]:
+    batch = torch.export.Dim("batch", min=1)
+    return tuple({0: batch} if t.dim() else {} for t in inputs)
+
+
+def _other_batch(inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """The inputs with one more sample: checks that the batch dimension really is dynamic."""
+    return tuple(torch.cat([t, t[:1]]) if t.dim() else t for t in inputs)
+
+
+def to_exported(
+    model: nn.Module,
+    path: Optional[PathArg] = None,
+    example_inputs: Optional[ExampleInputs] = None,
+    *,
+    rtol: float = _EXACT_TOL,
+    atol: float = _EXACT_TOL,
+) -> "torch.export.ExportedProgram":
+    """``torch.export.export`` an eval-mode copy of ``model`` with a dynamic batch dimension.
+
+    Dim 0 of every input is dynamic (export from a batch of >= 2; a batch of 1 is repeated to 2
+    first, since torch.export specialises size-1 dimensions); H and W are fixed to the example's.
+    The program is checked against eager mode at the example batch and at one more sample, and,
+    with ``path``, saved as ``.pt2`` (``torch.export.save``), reloaded and checked again.
+
+    Args:
+        model: the module; its forward must be free of graph breaks (data-dependent control flow).
+        path: ``.pt2`` file to write.
+        example_inputs: a tensor or a tuple of tensors, e.g. (N, C, H, W) images.
+
+    Returns:
+        The (reloaded, when ``path`` is given) ``torch.export.ExportedProgram``; call
+        ``.module()`` for a runnable module.
+    """
+    if example_inputs is None:
+        raise ValueError("Invalid value for argument `example_inputs`. torch.export needs example inputs. Received example_inputs=None.")
+    inputs = _batch_of_two(_as_tuple(example_inputs))
+    path = None if path is None else _writable(path)
+    eager = inference_copy(model)
+    name = type(model).__name__
+    with torch.no_grad():
+        program = torch.export.export(eager, inputs, dynamic_shapes=_dynamic_batch(inputs))
+    if path is not None:
+        torch.export.save(program, path)
+        program = torch.export.load(path)
+    runnable = program.module()
+    with torch.no_grad():
+        for args in (inputs, _other_batch(inputs)):
+            verify(eager(*args), runnable(*args), name, "torch.export program", rtol, atol)
+    return program
+
+
+def _onnx_modules() -> Tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as exc:
+        raise ImportError(
+            f"ONNX export needs onnx, onnxscript and onnxruntime ({exc}): "
+            f'pip install "torchblocks[onnx]"'
+        ) from exc
+    return onnx, onnxruntime
+
+
+def to_onnx(
+    model: nn.Module,
+    path: PathArg,
+    example_inputs: ExampleInputs,
+    *,
+    opset_version: Optional[int] = None,
+    rtol: float = _KERNEL_TOL,
+    atol: float = _KERNEL_TOL,
+) -> Any:
+    """Export an eval-mode copy of ``model`` to ONNX (dynamic batch), verified with onnxruntime.
+
+    Uses torch's ``torch.export``-based exporter (``dynamo=True``); Keras' asymmetric 'same'
+    padding becomes an explicit ``Pad`` node. The file is checked with ``onnx.checker`` and run
+    in onnxruntime (CPU) at the example batch and at one more sample against eager mode.
+    Needs the ``[onnx]`` extra (onnx, onnxscript, onnxruntime).
+
+    Returns:
+        The saved ``onnx.ModelProto``.
+    """
+    onnx, onnxruntime = _onnx_modules()
+    inputs = _batch_of_two(_as_tuple(example_inputs))
+    path = _writable(path)
+    eager = inference_copy(model)
+    name = type(model).__name__
+    names = [f"input_{i}" for i in range(len(inputs))]
+    with torch.no_grad(), warnings.catch_warnings():
+        # The exporter reports progress through `print`-like warnings; failures still raise.
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(
+            eager, inputs, path, input_names=names, dynamo=True, opset_version=opset_version,
+            dynamic_shapes=_dynamic_batch(inputs), external_data=False, verbose=False,
+        )
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        for args in (inputs, _other_batch(inputs)):
+            feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, args)}
+            outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
+            verify(eager(*args), outputs, name, "ONNX model (onnxruntime)", rtol, atol)
+    return proto
+
+
+def export_model(
+    model: nn.Module, path: PathArg, example_inputs: ExampleInputs, fmt: str = "torchscript"
+) -> Any:
+    """Dispatch to ``to_torchscript`` / ``to_exported`` / ``to_onnx`` by ``fmt``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"Invalid value for argument `format`. Expected one of {FORMATS}. Received format={fmt!r}.")
+    if fmt == "torchscript":
+        return to_torchscript(model, path, example_inputs)
+    if fmt == "exported":
+        return to_exported(model, path, example_inputs)
+    return to_onnx(model, path, example_inputs)
+
+
+def add_export_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Add ``export MODEL --out FILE [--format ...] [--input-size C H W]`` to a CLI."""
+    parser = subparsers.add_parser(
+        "export", help="export a torchblocks model (TorchScript, torch.export .pt2 or ONNX), verified against eager"
+    )
+    parser.add_argument("model", help="a name from torchblocks.models.MODEL_NAMES")
+    parser.add_argument("--out", required=True, help="output file")
+    parser.add_argument("--format", default="torchscript", help=f"one of {', '.join(FORMATS)} (default torchscript)")
+    parser.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), default=None,
+                        help="example input size (default: 3 299 299 for xception, 3 224 224 otherwise)")
+    parser.add_argument("--batch", type=int, default=2, help="example batch size (dynamic for exported/onnx)")
+    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs (model default if omitted)")
+    parser.set_defaults(func=run_export)
+    return parser
+
+
+def _default_size(name: str) -> Sequence[int]:
+    if name.startswith("xception"):
+        return (3, 299, 299)
+    if name.lower().startswith("separableconvnet"):
+        return (3, 32, 32)
+    return (3, 224, 224)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """The ``export`` command: build the model, export, verify; one-line error and exit code 2 on bad input."""
+    try:
+        if args.format not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}; received {args.format!r}.")
+        from . import models
+
+        if args.model not in models.MODEL_NAMES:
+            raise ValueError(f"unknown model {args.model!r}; choose from {', '.join(models.MODEL_NAMES)}.")
+        _writable(args.out)
+        kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+        size = args.input_size or _default_size(args.model)
+        if args.batch < 1 or any(s < 1 for s in size):
+            raise ValueError(f"--batch and --input-size must be positive; received {args.batch} and {list(size)}.")
+        model = models.get_model(args.model, **kwargs).eval()
+        x = torch.randn(args.batch, *size)
+        export_model(model, args.out, x, args.format)
+    except (ValueError, TypeError, ImportError, OSError, RuntimeError) as exc:
+        print(f"torchblocks export: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({args.format}, {args.model}, input {tuple(x.shape)}), verified against eager")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``scripts/export_torchscript.py``: the ``export`` command on its own."""
+    parser = argparse.ArgumentParser(prog="export_torchscript", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_export_parser(sub)
+    args = parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+__all__ = [
+    "ExampleInputs",
+    "FORMATS",
+    "METHODS",
+    "add_export_parser",
+    "export_model",
+    "inference_copy",
+    "max_error",
+    "to_exported",
+    "to_onnx",
+    "to_torchscript",
+    "verify",
+]
