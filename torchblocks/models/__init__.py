@@ -1,0 +1,38 @@
+"""Models built from the torchblocks layers: NCHW input, logits out.
+
+``SeparableConvNet`` (the book's model) and ``xception`` (Keras Applications layout); look any of
+them up by name with :func:`get_model`.
+"""
+from typing import Callable, Dict
+
+from torch import nn
+
+from .separable_convnet import SeparableConvNet
+from .xception import Xception, xception
+
+_MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "SeparableConvNet": SeparableConvNet,
+    "xception": xception,
+}
+
+MODEL_NAMES = tuple(_MODELS)
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """Build the model called ``name`` (case-insensitive, one of ``MODEL_NAMES``) with ``kwargs``."""
+    if not isinstance(name, str):
+        raise TypeError(
+            f"Invalid type for argument `name`. Expected a str. Received name={name!r} of type "
+            f"{type(name).__name__}."
+        )
+    by_lower = {key.lower(): factory for key, factory in _MODELS.items()}
+    factory = by_lower.get(name.lower())
+    if factory is None:
+        raise ValueError(
+            f"Invalid value for argument `name`. Expected one of {MODEL_NAMES} (case-insensitive). "
+            f"Received name={name!r}."
+        )
+    return factory(**kwargs)
+
+
+__all__ = ["MODEL_NAMES", "SeparableConvNet", "Xception", "get_model", "xception"]
