@@ -9,7 +9,7 @@ from .linear import Dense
 from .norm import BatchNorm, ConvBN, DenseBN
 from .pooling import AvgPool2d, MaxPool2d
 from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projection, Residual
-from . import models  # noqa: E402  (after the layers it is built from)
+from . import models
 
 __version__ = "0.1.0"
 
