@@ -168,6 +168,11 @@ def _frozen(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
         return torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
 
 
+def _compiled(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
+    # Inductor's freezing constant-folds the weights and prepacks them for oneDNN on CPU.
+    return torch.compile(model, fullgraph=True, dynamic=False, options={"freezing": True})
+
+
 def inference_candidates(model: nn.Module) -> Dict[str, Callable[[Tuple[Tensor, ...]], nn.Module]]:
     """The inference paths ``optimize_for_inference`` can choose from, by name (for benchmarks)."""
     return {
@@ -177,6 +182,10 @@ def inference_candidates(model: nn.Module) -> Dict[str, Callable[[Tuple[Tensor, 
         "frozen_torchscript": lambda inputs: _frozen(fuse_bn(model), inputs),
         "channels_last+frozen_torchscript": lambda inputs: _ChannelsLast(
             _frozen(fuse_bn(model).to(memory_format=torch.channels_last), inputs)
+        ),
+        "compile": lambda inputs: _compiled(fuse_bn(model), inputs),
+        "channels_last+compile": lambda inputs: _ChannelsLast(
+            _compiled(fuse_bn(model).to(memory_format=torch.channels_last), inputs)
         ),
     }
 
