@@ -9,6 +9,8 @@ from .linear import Dense
 from .norm import BatchNorm, ConvBN, DenseBN
 from .pooling import AvgPool2d, MaxPool2d
 from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projection, Residual
+from .fusion import fuse_bn, optimize_for_inference
+from . import export
 from . import models
 
 __version__ = "0.1.0"
@@ -27,5 +29,7 @@ __all__ = [
     "Projection",
     "Residual",
     "SeparableConv2d",
+    "fuse_bn",
     "get_activation",
+    "optimize_for_inference",
 ]

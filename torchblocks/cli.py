@@ -20,5 +20,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="torchblocks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("compare", help="parameters of separable vs standard convolution").set_defaults(func=_compare)
+    from .export import add_export_parser  # the export command's wiring lives beside the exporters
+
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
