@@ -16,8 +16,10 @@ from .activations import ActivationArg, get_activation, is_identity
 from .padding import (
     PaddingArg,
     check_positive_int,
+    check_weight_size,
     effective_kernel,
     is_static_same,
+    min_input_size,
     normalize_padding,
     output_size as _output_size,
     same_pad_list,
@@ -42,6 +44,31 @@ def check_nchw(x: Tensor, channels: int, layer: str) -> None:
         raise ValueError(
             f"{layer} expects (N, {channels}, H, W) input; received shape {x.shape}.{hint}"
         )
+
+
+def check_window_fits(x: Tensor, min_height: int, min_width: int, window: str, layer: str) -> None:
+    """Raise ``ValueError`` unless the (H, W) of ``x`` is at least (``min_height``, ``min_width``).
+
+    ``window`` describes the kernel and padding for the message. Without this check torch fails deep
+    inside the kernel ("Kernel size can't be greater than actual input size").
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    if height < min_height or width < min_width:
+        raise ValueError(
+            f"{layer} with {window} expects inputs of at least (H, W)=({min_height}, {min_width}); "
+            f"received (H, W)=({height}, {width}) in shape {x.shape}."
+        )
+
+
+def min_input_hw(
+    kernel_size: Tuple[int, int], dilation: Tuple[int, int], padding: Union[str, Tuple[int, int]]
+) -> Tuple[int, int]:
+    """Smallest (H, W) input for a window: 1 under ``'same'``, else the (dilated) kernel less the padding."""
+    if padding == "same":
+        return 1, 1
+    pads = (0, 0) if padding == "valid" else padding
+    height, width = (min_input_size(k, d, p) for k, d, p in zip(kernel_size, dilation, pads))
+    return height, width
 
 
 def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
@@ -77,6 +104,9 @@ class Conv2d(nn.Conv2d):
     same_is_dynamic: Final[bool]
     has_activation: Final[bool]
     layer_name: Final[str]
+    min_height: Final[int]
+    min_width: Final[int]
+    window: Final[str]
 
     def __init__(
         self,
@@ -97,6 +127,9 @@ class Conv2d(nn.Conv2d):
         kernel = to_pair(kernel_size, "kernel_size")
         strides = to_pair(stride, "stride")
         dilations = to_pair(dilation, "dilation")
+        check_weight_size(
+            (out_channels, in_channels // groups) + kernel, "`in_channels`, `out_channels`, `kernel_size`"
+        )
         if not isinstance(bias, bool):
             raise TypeError(f"Invalid type for argument `bias`. Expected a bool. Received bias={bias!r}.")
         spec = normalize_padding(padding)
@@ -116,6 +149,8 @@ class Conv2d(nn.Conv2d):
         self.padding_spec = spec
         self.layer_name = type(self).__name__
         self.same_is_dynamic = spec == "same" and not static_same
+        self.min_height, self.min_width = min_input_hw(kernel, dilations, spec)
+        self.window = f"kernel_size={kernel}, dilation={dilations}, padding={spec!r}"
         self.act = get_activation(activation)
         self.has_activation = not is_identity(self.act)
 
@@ -134,6 +169,7 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
         check_nchw(x, self.in_channels, self.layer_name)
+        check_window_fits(x, self.min_height, self.min_width, self.window, self.layer_name)
         if self.same_is_dynamic:
             x = self._same_conv(x)
         else:
@@ -187,6 +223,10 @@ class DepthwiseConv2d(Conv2d):
     ) -> None:
         check_positive_int(in_channels, "in_channels")
         check_positive_int(depth_multiplier, "depth_multiplier")
+        check_weight_size(
+            (in_channels * depth_multiplier, 1) + to_pair(kernel_size, "kernel_size"),
+            "`in_channels`, `depth_multiplier`, `kernel_size`",
+        )
         super().__init__(
             in_channels, in_channels * depth_multiplier, kernel_size, stride, padding, dilation,
             groups=in_channels, bias=bias, activation=activation, device=device, dtype=dtype,

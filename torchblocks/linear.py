@@ -4,7 +4,7 @@ from torch import Tensor, nn
 from torch.jit import Final
 
 from .activations import ActivationArg, get_activation, is_identity
-from .padding import check_positive_int
+from .padding import check_positive_int, check_weight_size
 
 
 class Dense(nn.Linear):
@@ -29,6 +29,7 @@ class Dense(nn.Linear):
     ) -> None:
         check_positive_int(in_features, "in_features")
         check_positive_int(out_features, "out_features")
+        check_weight_size((out_features, in_features), "`in_features`, `out_features`")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.layer_name = type(self).__name__
         self.act = get_activation(activation)

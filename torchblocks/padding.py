@@ -14,6 +14,11 @@ PaddingArg = Union[str, int, Tuple[int, int]]
 
 PADDING_MODES = ("valid", "same")
 
+# Upper bound on every size argument and on a weight's element count. torch keeps pooling sizes in
+# 32-bit ints, and a bigger weight is a typo: refusing it at construction beats asking the allocator
+# for terabytes and getting an opaque RuntimeError back.
+MAX_SIZE = 2**31 - 1
+
 
 def to_pair(value: object, name: str, minimum: int = 1) -> Tuple[int, int]:
     """Normalise an int or a pair of ints to a tuple, checking type and lower bound.
@@ -36,6 +41,10 @@ def to_pair(value: object, name: str, minimum: int = 1) -> Tuple[int, int]:
         raise ValueError(
             f"Invalid value for argument `{name}`. Expected {bound} values. Received {name}={value!r}."
         )
+    if any(v > MAX_SIZE for v in pair):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected values <= {MAX_SIZE}. Received {name}={value!r}."
+        )
     return pair[0], pair[1]
 
 
@@ -51,7 +60,21 @@ def check_positive_int(value: object, name: str) -> int:
             f"Invalid value for argument `{name}`. Expected a strictly positive value. "
             f"Received {name}={value}."
         )
+    if value > MAX_SIZE:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a value <= {MAX_SIZE}. Received {name}={value}."
+        )
     return value
+
+
+def check_weight_size(shape: Tuple[int, ...], names: str) -> None:
+    """Raise ``ValueError`` naming the arguments ``names`` if a weight of ``shape`` exceeds ``MAX_SIZE``."""
+    numel = math.prod(shape)
+    if numel > MAX_SIZE:
+        raise ValueError(
+            f"Invalid values for arguments {names}. The weight of shape {tuple(shape)} would hold "
+            f"{numel} elements; expected at most {MAX_SIZE}."
+        )
 
 
 def normalize_padding(padding: object) -> Union[str, Tuple[int, int]]:
@@ -70,6 +93,11 @@ def normalize_padding(padding: object) -> Union[str, Tuple[int, int]]:
 def effective_kernel(kernel_size: int, dilation: int) -> int:
     """Extent of a dilated kernel: ``(k - 1) * d + 1``."""
     return (kernel_size - 1) * dilation + 1
+
+
+def min_input_size(kernel_size: int, dilation: int, padding: int) -> int:
+    """Smallest input length a ``'valid'`` or int-padded window fits: ``(k - 1) * d + 1 - 2 * pad``, >= 1."""
+    return max(effective_kernel(kernel_size, dilation) - 2 * padding, 1)
 
 
 def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> Tuple[int, int]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import Final
 
+from .conv import check_window_fits, min_input_hw
 from .padding import PaddingArg, is_static_same, normalize_padding, same_pad_list, to_pair
 
 
@@ -42,6 +43,12 @@ def _resolve(
     return kernel, strides, spec, spec, False
 
 
+def _window(kernel: Tuple[int, int], spec: Union[str, Tuple[int, int]]) -> Tuple[int, int, str]:
+    """Smallest input (H, W) for the pooling window and its description for error messages."""
+    height, width = min_input_hw(kernel, (1, 1), spec)
+    return height, width, f"kernel_size={kernel}, padding={spec!r}"
+
+
 def _extra_repr(module: nn.Module) -> str:
     return (
         f"kernel_size={module.kernel_size}, stride={module.stride}, "
@@ -58,6 +65,9 @@ class MaxPool2d(nn.MaxPool2d):
 
     same_is_dynamic: Final[bool]
     layer_name: Final[str]
+    min_height: Final[int]
+    min_width: Final[int]
+    window: Final[str]
 
     def __init__(
         self,
@@ -70,10 +80,12 @@ class MaxPool2d(nn.MaxPool2d):
         self.padding_spec = spec
         self.layer_name = type(self).__name__
         self.same_is_dynamic = dynamic
+        self.min_height, self.min_width, self.window = _window(kernel, spec)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H', W')."""
         _check_pooling(x, self.layer_name)
+        check_window_fits(x, self.min_height, self.min_width, self.window, self.layer_name)
         if not self.same_is_dynamic:
             return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         pads: List[int] = same_pad_list(
@@ -98,6 +110,9 @@ class AvgPool2d(nn.AvgPool2d):
 
     same_is_dynamic: Final[bool]
     layer_name: Final[str]
+    min_height: Final[int]
+    min_width: Final[int]
+    window: Final[str]
 
     def __init__(
         self,
@@ -111,10 +126,12 @@ class AvgPool2d(nn.AvgPool2d):
         self.padding_spec = spec
         self.layer_name = type(self).__name__
         self.same_is_dynamic = dynamic
+        self.min_height, self.min_width, self.window = _window(kernel, spec)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H', W')."""
         _check_pooling(x, self.layer_name)
+        check_window_fits(x, self.min_height, self.min_width, self.window, self.layer_name)
         if not self.same_is_dynamic:
             return F.avg_pool2d(
                 x, self.kernel_size, self.stride, self.padding,
