@@ -16,12 +16,10 @@ from keras_oracle import (
     copy_depthwise,
     copy_separable,
     keras,
-    nchw_to_nhwc,
     random_weights,
     rel_error,
     run_keras_nchw,
     run_torch,
-    to_numpy,
 )
 
 # Keras forbids stride > 1 together with dilation > 1, so those pairs are left out.
