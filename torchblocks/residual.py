@@ -137,6 +137,8 @@ class DownsamplingResidualBlock(Residual):
     def __init__(
         self, in_channels: int, channels: int = 128, kernel_size: int = 3, activation: ActivationArg = "relu"
     ) -> None:
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(channels, "channels")
         body = nn.Sequential(
             OrderedDict(
                 conv1=Conv2d(in_channels, channels, kernel_size, padding="same", activation=activation),
