@@ -1,18 +1,25 @@
 """Models built from the torchblocks layers: NCHW input, logits out.
 
-``SeparableConvNet`` (the book's model) and ``xception`` (Keras Applications layout); look any of
-them up by name with :func:`get_model`.
+``SeparableConvNet`` (the book's model), ``xception`` (Keras Applications layout) and
+``resnet18`` .. ``resnet152`` (torchvision layout and state-dict keys); look any of them up by name
+with :func:`get_model`.
 """
 from typing import Callable, Dict
 
 from torch import nn
 
+from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 from .separable_convnet import SeparableConvNet
 from .xception import Xception, xception
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {
     "SeparableConvNet": SeparableConvNet,
     "xception": xception,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
+    "resnet152": resnet152,
 }
 
 MODEL_NAMES = tuple(_MODELS)
@@ -35,4 +42,18 @@ def get_model(name: str, **kwargs) -> nn.Module:
     return factory(**kwargs)
 
 
-__all__ = ["MODEL_NAMES", "SeparableConvNet", "Xception", "get_model", "xception"]
+__all__ = [
+    "MODEL_NAMES",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "SeparableConvNet",
+    "Xception",
+    "get_model",
+    "resnet101",
+    "resnet152",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "xception",
+]
