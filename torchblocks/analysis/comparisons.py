@@ -1,0 +1,179 @@
+"""The ``torchblocks compare`` job: separable vs standard convolution, single layers and models.
+
+Single layers: ``SeparableConv2d(C, C, k, stride, 'same')`` against the full ``Conv2d`` of the
+same shape, over a grid of C, k and stride on a (1, C, H, W) input. Models: each separable model
+against its standard counterpart (``standard_counterpart``), and a ResNet with
+``conv="separable"`` against the standard ResNet.
+"""
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..conv import DepthwiseConv2d, SeparableConv2d
+from .counterpart import Comparison, compare, standard_counterpart
+from .tables import Column, Table
+
+DEFAULT_CHANNELS = (32, 64, 128, 256, 512)
+DEFAULT_KERNEL_SIZES = (3, 5, 7)
+DEFAULT_STRIDES = (1, 2)
+DEFAULT_LAYER_SIZE = (56, 56)
+DEFAULT_MODELS = ("SeparableConvNet", "xception", "resnet50")
+# Input (C, H, W) each model is usually run at: the book's 64×64, Keras Xception's 299×299,
+# ImageNet's 224×224 for the rest.
+_DEFAULT_INPUTS = {"separableconvnet": (3, 64, 64), "xception": (3, 299, 299)}
+IMAGENET_INPUT = (3, 224, 224)
+
+Shape = Tuple[int, ...]
+
+
+def default_input_shape(name: str) -> Shape:
+    """(C, H, W) at which the model called ``name`` is compared unless told otherwise."""
+    return _DEFAULT_INPUTS.get(name.lower(), IMAGENET_INPUT)
+
+
+def layer_name(channels: int, kernel_size: int, stride: int) -> str:
+    """Row label of one grid point, e.g. ``"C=64 k=3 s=2"``."""
+    return f"C={channels} k={kernel_size} s={stride}"
+
+
+def layer_grid(
+    channels: Sequence[int] = DEFAULT_CHANNELS,
+    kernel_sizes: Sequence[int] = DEFAULT_KERNEL_SIZES,
+    strides: Sequence[int] = DEFAULT_STRIDES,
+) -> List[Tuple[int, int, int]]:
+    """Grid points (C, k, stride), channels varying slowest."""
+    return [(c, k, s) for c in channels for k in kernel_sizes for s in strides]
+
+
+def compare_layer(
+    channels: int, kernel_size: int, stride: int, size: Tuple[int, int] = DEFAULT_LAYER_SIZE,
+    *, latency: bool = False, repeats: int = 10,
+) -> Comparison:
+    """``SeparableConv2d(C, C, k, stride, 'same')`` against its full ``Conv2d`` on (1, C, H, W)."""
+    layer = SeparableConv2d(channels, channels, kernel_size, stride, "same")
+    x = torch.randn(1, channels, *size)
+    return compare(layer, x, latency=latency, name=layer_name(channels, kernel_size, stride),
+                   repeats=repeats)
+
+
+def _has_separable(model: nn.Module) -> bool:
+    return any(isinstance(m, (SeparableConv2d, DepthwiseConv2d)) for m in model.modules())
+
+
+def model_pair(name: str) -> Tuple[nn.Module, nn.Module, str, str]:
+    """(separable model, standard model, their labels) for the ``torchblocks.models`` ``name``.
+
+    A model with separable or depthwise layers is paired with ``standard_counterpart``; one
+    without (a standard ResNet) is paired as ``get_model(name, conv="separable")`` against it.
+
+    Raises:
+        ValueError: unknown name, or a model with no separable variant.
+    """
+    from .. import models
+
+    model = models.get_model(name)
+    if _has_separable(model):
+        return model, standard_counterpart(model), name, "standard_counterpart"
+    try:
+        separable = models.get_model(name, conv="separable")
+    except TypeError as error:
+        raise ValueError(
+            f"Invalid value for argument `model`. {name!r} has no separable convolution and no "
+            f'conv="separable" variant to compare with.'
+        ) from error
+    return separable, model, f'{name}(conv="separable")', f'{name}(conv="standard")'
+
+
+def compare_model(
+    name: str, input_shape: Optional[Shape] = None, *, latency: bool = False, repeats: int = 10
+) -> Comparison:
+    """Compare a ``torchblocks.models`` model with its standard-convolution version.
+
+    Args:
+        name: a name from ``torchblocks.models.MODEL_NAMES`` (case-insensitive).
+        input_shape: (C, H, W) of the batch-1 input; default ``default_input_shape(name)``.
+    """
+    separable, standard, separable_name, standard_name = model_pair(name)
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(name)
+    x = torch.randn(1, *shape)
+    return compare(separable, x, standard, latency=latency, name=separable_name,
+                   counterpart_name=standard_name, repeats=repeats)
+
+
+def _columns(first: Column, latency: bool, theory: bool) -> List[Column]:
+    columns = [
+        first,
+        Column("params separable", "params", "int"),
+        Column("params standard", "counterpart_params", "int"),
+        Column("MACs separable", "macs", "macs"),
+        Column("MACs standard", "counterpart_macs", "macs"),
+        Column("MACs ratio", "macs_ratio", "ratio"),
+    ]
+    if theory:
+        columns.append(Column("1/C_out + 1/k^2", "theoretical_ratio", "ratio"))
+    if latency:
+        columns += [
+            Column("ms separable", "latency_ms", "ms"),
+            Column("ms standard", "counterpart_latency_ms", "ms"),
+            Column("speed-up", "speedup", "ratio"),
+        ]
+    return columns
+
+
+def comparison_table(title: str, comparisons: Iterable[Comparison], *, layers: bool) -> Table:
+    """A table of comparisons: layers show the theoretical ratio, models their input shape."""
+    comparisons = list(comparisons)
+    latency = any(c.latency_ms is not None for c in comparisons)
+    first = Column("layer" if layers else "model", "name")
+    columns = _columns(first, latency, theory=layers)
+    if not layers:
+        columns.insert(1, Column("input", "input_shape"))
+        columns.insert(2, Column("standard version", "counterpart"))
+    rows = []
+    for c in comparisons:
+        record = c.to_dict()
+        if not layers:
+            record["input_shape"] = "x".join(str(d) for d in record["input_shape"])
+        rows.append([record[col.key] for col in columns])
+    return Table(title, columns, rows)
+
+
+def plot_channel_sweep(path: str, comparisons: Sequence[Comparison], channels: Sequence[int], title: str) -> None:
+    """Save a PNG: MACs and measured time against channels, separable vs standard.
+
+    Args:
+        path: the PNG file to write.
+        comparisons: one grid row per channel count (one kernel size and stride), with
+            latencies measured.
+        channels: the C of each row (the x axis).
+        title: the figure title, saying the kernel, stride and input size.
+    """
+    if any(c.speedup is None for c in comparisons):
+        raise ValueError("plot_channel_sweep needs comparisons with measured latencies (latency=True).")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError('Plotting needs matplotlib: pip install "torchblocks[plot]"') from error
+    fig, (ax_macs, ax_time) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    series = (
+        (ax_macs, [c.model.macs for c in comparisons], [c.counterpart.macs for c in comparisons],
+         "MACs (fused multiply-adds)", "MACs"),
+        (ax_time, [c.latency_ms for c in comparisons], [c.counterpart_latency_ms for c in comparisons],
+         "median CPU time (ms)", "measured time"),
+    )
+    for ax, separable, standard, ylabel, heading in series:
+        ax.plot(channels, separable, "o-", label="separable")
+        ax.plot(channels, standard, "s-", label="standard")
+        ax.set(xscale="log", yscale="log", xlabel="channels C (C_in = C_out)", ylabel=ylabel,
+               title=heading)
+        ax.set_xticks(list(channels), [str(c) for c in channels])
+        ax.minorticks_off()
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

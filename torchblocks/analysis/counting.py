@@ -1,0 +1,263 @@
+"""Parameter and MAC counts with fvcore, and measured latency.
+
+fvcore counts one fused multiply-add as one "flop"; here that figure is ``macs`` and
+``flops = 2 * macs``. The costs given to the ops fvcore leaves unsupported are listed in
+:mod:`torchblocks.analysis.handlers`.
+"""
+import contextlib
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .handlers import FlopCountAnalysis, op_handles
+
+Inputs = Union[Tensor, Tuple[Tensor, ...]]
+
+FLOP_COUNTER_NOTE = (
+    "fvcore cannot trace a ScriptModule: counted with torch.utils.flop_counter.FlopCounterMode "
+    "instead, which counts only convolutions and matrix products (no BatchNorm, activation, "
+    "pooling or add costs) and gives no per-module breakdown"
+)
+
+
+@dataclass(frozen=True)
+class CountReport:
+    """Parameters and multiply-accumulates of one model on one input.
+
+    Attributes:
+        params: trainable parameters (``requires_grad``).
+        non_trainable_params: frozen parameters.
+        buffers: floating-point buffer elements (BatchNorm running mean/variance), which Keras
+            counts as non-trainable weights; integer buffers (``num_batches_tracked``) excluded.
+        macs: fused multiply-adds (fvcore's "flops"), at the batch size of the inputs.
+        by_module: MACs per module name, ``""`` being the whole model (fvcore's keys).
+        by_operator: MACs per op name (``"conv"``, ``"batch_norm"``, ``"add"``...).
+        method: ``"fvcore"`` or ``"FlopCounterMode"``.
+        note: why a fallback was used, else ``""``.
+        unsupported_ops: ops that were counted as 0 because no handler knows them.
+        input_shapes: the shapes of the inputs counted.
+    """
+
+    params: int
+    non_trainable_params: int
+    buffers: int
+    macs: int
+    by_module: Dict[str, int] = field(repr=False)
+    by_operator: Dict[str, int] = field(repr=False)
+    method: str = "fvcore"
+    note: str = ""
+    unsupported_ops: Dict[str, int] = field(default_factory=dict)
+    input_shapes: Tuple[Tuple[int, ...], ...] = ()
+
+    @property
+    def flops(self) -> int:
+        """2 × MACs: a multiply and an add each count one."""
+        return 2 * self.macs
+
+    @property
+    def total_params(self) -> int:
+        """Trainable plus non-trainable parameters."""
+        return self.params + self.non_trainable_params
+
+    @property
+    def keras_count_params(self) -> int:
+        """What Keras' ``count_params()`` reports: all parameters plus the BN moving statistics."""
+        return self.total_params + self.buffers
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-ready summary (without the per-module breakdown)."""
+        return {
+            "params": self.params,
+            "non_trainable_params": self.non_trainable_params,
+            "buffers": self.buffers,
+            "macs": self.macs,
+            "flops": self.flops,
+            "method": self.method,
+            "note": self.note,
+            "input_shapes": [list(s) for s in self.input_shapes],
+        }
+
+
+def as_input_tuple(inputs: Inputs, name: str = "inputs") -> Tuple[Tensor, ...]:
+    """Normalise a tensor or a tuple of tensors to a tuple, raising ``TypeError`` otherwise."""
+    if isinstance(inputs, Tensor):
+        return (inputs,)
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, Tensor) for t in inputs):
+        return tuple(inputs)
+    raise TypeError(
+        f"Invalid type for argument `{name}`. Expected a Tensor or a non-empty tuple of Tensors. "
+        f"Received {name} of type {type(inputs).__name__}."
+    )
+
+
+def _check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"Invalid type for argument `model`. Expected an nn.Module. "
+            f"Received model of type {type(model).__name__}."
+        )
+    return model
+
+
+def parameter_counts(model: nn.Module) -> Tuple[int, int, int]:
+    """(trainable, non-trainable, floating-point buffer elements); shared tensors count once."""
+    trainable = frozen = 0
+    for p in model.parameters():
+        if p.requires_grad:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    return trainable, frozen, buffers
+
+
+@contextlib.contextmanager
+def temporary_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Put every submodule in train/eval mode, then restore each one's own flag and buffers.
+
+    Buffers are restored too: a training-mode forward updates BatchNorm running statistics, and
+    counting must leave the caller's model as it found it.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    saved = [b.detach().clone() for b in model.buffers()] if training else []
+    model.train(training)
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), saved):
+                buffer.copy_(value)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _count_fvcore(model: nn.Module, inputs: Tuple[Tensor, ...], include_bn: bool):
+    analysis = FlopCountAnalysis(model, inputs).set_op_handle(**op_handles(include_bn))
+    # Warnings are switched off on this private instance only: unsupported ops are returned in
+    # the report (and warned about once, below); the "never called" list only ever names
+    # modules that a forward skips on purpose, such as Residual's identity shortcut.
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    try:
+        with torch.no_grad():
+            by_module = {k: int(v) for k, v in analysis.by_module().items()}
+    except (ValueError, TypeError):
+        raise  # the model rejected the inputs: the caller's error, with its own message
+    except Exception as error:
+        raise RuntimeError(
+            f"fvcore could not trace {type(model).__name__}: {_first_line(error)}"
+        ) from error
+    by_operator = {k: int(v) for k, v in analysis.by_operator().items()}
+    unsupported = {k: int(v) for k, v in analysis.unsupported_ops().items()}
+    return by_module, by_operator, unsupported
+
+
+def _count_flop_counter(model: nn.Module, inputs: Tuple[Tensor, ...]):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*inputs)
+    flops = counter.get_total_flops()
+    by_operator: Dict[str, int] = {}
+    for op, value in counter.get_flop_counts().get("Global", {}).items():
+        name = "conv" if "convolution" in str(op) else str(op).rsplit(".", 1)[-1]
+        by_operator[name] = by_operator.get(name, 0) + int(value) // 2
+    # FlopCounterMode counts 2 per multiply-accumulate, so the total is even.
+    return {"": flops // 2}, by_operator
+
+
+def count(
+    model: nn.Module, inputs: Inputs, *, training: bool = False, include_bn: bool = True
+) -> CountReport:
+    """Parameters and MACs of ``model`` on ``inputs``, with fvcore.
+
+    The model is counted in eval mode by default (fvcore's BatchNorm cost differs between
+    modes); every submodule's mode is restored afterwards. A ``torch.jit.ScriptModule``, which
+    fvcore cannot trace, is counted with ``torch.utils.flop_counter.FlopCounterMode`` instead
+    (``report.note`` says so).
+
+    Args:
+        model: any module taking ``inputs``; e.g. (N, C, H, W) images.
+        inputs: a tensor or a tuple of tensors; MACs scale with their batch size.
+        training: count in training mode (BN: 5 per element instead of 2).
+        include_bn: False leaves BatchNorm out, the cost after folding it into the convolutions.
+
+    Returns:
+        A ``CountReport``: ``.params``, ``.macs``, ``.flops`` (= 2 × macs), ``.by_module``.
+
+    Raises:
+        TypeError: ``model`` is not a module or ``inputs`` not tensors.
+        RuntimeError: fvcore cannot trace the model (one-line message).
+    """
+    model = _check_model(model)
+    args = as_input_tuple(inputs)
+    trainable, frozen, buffers = parameter_counts(model)
+    shapes = tuple(tuple(t.shape) for t in args)
+    with temporary_mode(model, training):
+        if isinstance(model, torch.jit.ScriptModule):
+            by_module, by_operator = _count_flop_counter(model, args)
+            return CountReport(
+                trainable, frozen, buffers, by_module[""], by_module, by_operator,
+                method="FlopCounterMode", note=FLOP_COUNTER_NOTE, input_shapes=shapes,
+            )
+        by_module, by_operator, unsupported = _count_fvcore(model, args, include_bn)
+    if unsupported:
+        warnings.warn(
+            f"{type(model).__name__}: no cost is known for {sorted(unsupported)}; counted as 0.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return CountReport(
+        trainable, frozen, buffers, by_module[""], by_module, by_operator,
+        unsupported_ops=unsupported, input_shapes=shapes,
+    )
+
+
+def measure_latency(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    warmup: int = 2,
+    repeats: int = 10,
+    max_seconds: float = 2.0,
+) -> float:
+    """Median wall time of ``model(*inputs)`` in milliseconds, in eval mode, without autograd.
+
+    Runs ``warmup`` untimed calls, then up to ``repeats`` timed ones, stopping early once
+    ``max_seconds`` have been spent and at least 3 calls are timed. The model's modes are
+    restored. Times whatever device the model and inputs are on (synchronising CUDA).
+    """
+    model = _check_model(model)
+    args = as_input_tuple(inputs)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"Invalid value for argument `warmup`. Expected an int >= 0. Received warmup={warmup!r}.")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"Invalid value for argument `repeats`. Expected an int >= 1. Received repeats={repeats!r}.")
+    cuda = any(t.is_cuda for t in args)
+    times = []
+    with temporary_mode(model, False), torch.inference_mode():
+        for _ in range(warmup):
+            model(*args)
+        budget_end = time.perf_counter() + max_seconds
+        for _ in range(repeats):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(*args)
+            if cuda:
+                torch.cuda.synchronize()
+            end = time.perf_counter()
+            times.append(end - start)
+            if end > budget_end and len(times) >= 3:
+                break
+    return 1000.0 * statistics.median(times)
