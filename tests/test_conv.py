@@ -349,15 +349,16 @@ def test_separable_rejects_bad_out_channels():
         tb.SeparableConv2d(4, 0, 3)
 
 
+# (layer name, factory, output channels) for 3 input channels.
 CONV_LAYERS = [
-    ("Conv2d", lambda: tb.Conv2d(3, 4, 3, padding="same")),
-    ("DepthwiseConv2d", lambda: tb.DepthwiseConv2d(3, 3, depth_multiplier=2)),
-    ("SeparableConv2d", lambda: tb.SeparableConv2d(3, 4, 3)),
+    ("Conv2d", lambda: tb.Conv2d(3, 4, 3, padding="same"), 4),
+    ("DepthwiseConv2d", lambda: tb.DepthwiseConv2d(3, 3, depth_multiplier=2), 6),
+    ("SeparableConv2d", lambda: tb.SeparableConv2d(3, 4, 3), 4),
 ]
 
 
-@pytest.mark.parametrize("name, make", CONV_LAYERS, ids=[c[0] for c in CONV_LAYERS])
-def test_forward_rejects_wrong_rank_and_channels(name, make):
+@pytest.mark.parametrize("name, make, out_channels", CONV_LAYERS, ids=[c[0] for c in CONV_LAYERS])
+def test_forward_rejects_wrong_rank_and_channels(name, make, out_channels):
     layer = make()
     with pytest.raises(ValueError, match=rf"{name} expects a 4-D \(N, C, H, W\) input with C=3.*3-D.*\[3, 8, 8\]"):
         layer(torch.randn(3, 8, 8))
@@ -365,12 +366,12 @@ def test_forward_rejects_wrong_rank_and_channels(name, make):
         layer(torch.randn(2, 5, 8, 8))
 
 
-@pytest.mark.parametrize("name, make", CONV_LAYERS, ids=[c[0] for c in CONV_LAYERS])
-def test_channels_last_input_is_diagnosed(name, make):
+@pytest.mark.parametrize("name, make, out_channels", CONV_LAYERS, ids=[c[0] for c in CONV_LAYERS])
+def test_channels_last_input_is_diagnosed(name, make, out_channels):
     x = torch.randn(2, 8, 8, 3)
-    with pytest.raises(ValueError, match=r"channels-last.*permute\(0, 3, 1, 2\)"):
+    with pytest.raises(ValueError, match=rf"{name} expects.*channels-last.*permute\(0, 3, 1, 2\)"):
         make()(x)
-    assert tuple(make()(x.permute(0, 3, 1, 2)).shape)[:2] == (2, 4 if name != "DepthwiseConv2d" else 6)
+    assert make()(x.permute(0, 3, 1, 2)).shape[1] == out_channels  # the suggested fix works
 
 
 # --- TorchScript: scripted == eager, and again after save/load ---------------------------------
