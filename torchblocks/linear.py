@@ -30,6 +30,8 @@ class Dense(nn.Linear):
         check_positive_int(in_features, "in_features")
         check_positive_int(out_features, "out_features")
         check_weight_size((out_features, in_features), "`in_features`, `out_features`")
+        if not isinstance(bias, bool):
+            raise TypeError(f"Invalid type for argument `bias`. Expected a bool. Received bias={bias!r}.")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.layer_name = type(self).__name__
         self.act = get_activation(activation)

@@ -7,6 +7,8 @@ One numeric difference remains in training mode: torch updates ``running_var`` w
 batch variance (divided by n - 1), Keras ``moving_variance`` with the biased one (divided by n),
 where n = N·H·W is the number of values per channel. The normalised outputs are identical.
 """
+import math
+
 from torch import Tensor, nn
 from torch.jit import Final
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -64,7 +66,8 @@ class BatchNorm(nn.Module):
                 f"Invalid value for argument `axis`. Expected 1 (channels-first) or -1 "
                 f"(channels-last). Received axis={axis!r}."
             )
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+        # The chained comparison also refuses NaN, and inf (which would zero every output).
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
             raise ValueError(f"Invalid value for argument `eps`. Expected a positive float. Received eps={eps!r}.")
         if momentum is not None and (
             isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1

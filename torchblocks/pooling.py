@@ -20,6 +20,9 @@ def _check_pooling(x: Tensor, layer: str) -> None:
             f"{layer} expects a 4-D (N, C, H, W) input; received a {x.dim()}-D tensor of shape "
             f"{x.shape}."
         )
+    if x.shape[1] == 0:
+        # torch's pooling kernels refuse C = 0 with a RuntimeError of their own.
+        raise ValueError(f"{layer} expects (N, C, H, W) input with C >= 1; received shape {x.shape}.")
 
 
 def _resolve(
