@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.fx
 from torch import nn
 
 import torchblocks
@@ -18,6 +19,7 @@ from keras_oracle import (
     run_torch,
     to_numpy,
 )
+from test_models_xception import LeafTracer
 
 CHANNELS_CLASSES = [(3, 10), (1, 5)]
 BAD_ARGS = [
@@ -100,6 +102,15 @@ def test_separable_convnet_bad_arguments(kwargs, error, message):
 
 def test_separable_convnet_scripted():
     check_scripted(tb.models.SeparableConvNet(), (torch.randn(2, 3, 64, 64),))
+
+
+@pytest.mark.parametrize("factory, size", [(tb.models.SeparableConvNet, 64), (tb.models.resnet18, 64)])
+def test_fx_trace_with_leaves(factory, size):
+    model = factory().eval()
+    traced = torch.fx.GraphModule(model, LeafTracer().trace(model))
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
 
 
 def test_model_names():

@@ -117,6 +117,6 @@ def test_bad_arguments(kwargs, error, message):
         tb.models.resnet18(**kwargs)
 
 
-@pytest.mark.parametrize("arch", SMALL_ARCHS)
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_scripted(arch):
     check_scripted(getattr(tb.models, arch)(num_classes=10), (torch.randn(2, 3, 64, 64),))
