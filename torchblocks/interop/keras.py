@@ -323,9 +323,12 @@ def _torch_units(module: nn.Module) -> List[_TorchUnit]:
     return units
 
 
+def _torch_label(unit: _TorchUnit) -> str:
+    return f"torch {unit.name or '<root>'!r} ({type(unit.module).__name__})"
+
+
 def _describe(record: _KerasRecord, unit: _TorchUnit) -> str:
-    torch_name = unit.name or "<root>"
-    return f"Keras {record.name!r} ({record.class_name}) -> torch {torch_name!r} ({type(unit.module).__name__})"
+    return f"Keras {record.name!r} ({record.class_name}) -> {_torch_label(unit)}"
 
 
 # --------------------------------------------------------------------------- staging per kind
@@ -356,19 +359,24 @@ def _padding_of(conv: nn.Conv2d) -> Union[str, Tuple[int, int]]:
     return (int(spec[0]), int(spec[1]))
 
 
+def _axis_padding(padding: Union[str, Tuple[int, int]], axis: int, conv: nn.Conv2d) -> Tuple[str, int]:
+    """What a padding does along one axis: ("pad", p) for a static symmetric pad (0: none), or
+    ("same", 0) for the per-input Keras 'same'."""
+    k, s, d = conv.kernel_size[axis], conv.stride[axis], conv.dilation[axis]
+    if padding == "valid" or effective_kernel(k, d) == 1:
+        return ("pad", 0)  # a 1×1 kernel never pads, 'same' or not
+    if padding == "same":
+        return ("pad", (effective_kernel(k, d) - 1) // 2) if is_static_same(k, s, d) else ("same", 0)
+    return ("pad", int(padding[axis]))
+
+
 def _padding_matches(keras_padding: str, conv: nn.Conv2d) -> bool:
     padding = _padding_of(conv)
     if padding == keras_padding:
         return True
-    if keras_padding == "valid":
-        return padding == (0, 0)
-    if keras_padding == "same" and isinstance(padding, tuple):
-        # An explicit symmetric pad equals Keras 'same' exactly where 'same' is static.
-        return all(
-            is_static_same(k, s, d) and p == (effective_kernel(k, d) - 1) // 2
-            for k, s, d, p in zip(conv.kernel_size, conv.stride, conv.dilation, padding)
-        )
-    return False
+    if padding not in ("valid", "same") and not isinstance(padding, tuple):
+        return False  # a padding_mode other than zeros
+    return all(_axis_padding(keras_padding, a, conv) == _axis_padding(padding, a, conv) for a in (0, 1))
 
 
 def _check_conv_config(
@@ -434,18 +442,28 @@ def _depthwise_weight(kernel: np.ndarray) -> np.ndarray:
 
 def _stage_depthwise(staged: _Staged, record: _KerasRecord, unit: _TorchUnit, where: str) -> None:
     conv: nn.Conv2d = unit.module
-    kernel = record.arrays["kernel"]
-    if kernel.ndim == 4:
-        _stage_tensor(staged, where, "kernel", conv.weight, _depthwise_weight(kernel), kernel.shape)
-    else:
-        staged.problems.append(f"{where}: Keras kernel of shape {kernel.shape} is not 4-D")
+    _stage_depthwise_kernel(staged, where, "kernel", conv, record.arrays["kernel"])
     _check_conv_config(staged, where, record.config, conv, conv)
+
+
+def _stage_depthwise_kernel(staged: _Staged, where: str, what: str, conv: nn.Conv2d, kernel: np.ndarray) -> None:
+    # (C, m) must match, not only C·m: the weight shape alone would accept (16, 1) for (8, 2).
+    if kernel.ndim != 4 or (kernel.shape[2], kernel.shape[3]) != (
+        conv.in_channels, conv.out_channels // conv.in_channels
+    ):
+        staged.problems.append(
+            f"{where}: Keras {what} of shape {kernel.shape} (kh, kw, C, depth_multiplier) does not fit "
+            f"the torch conv's in_channels={conv.in_channels}, depth_multiplier="
+            f"{conv.out_channels // conv.in_channels}, weight {tuple(conv.weight.shape)}"
+        )
+        return
+    _stage_tensor(staged, where, what, conv.weight, _depthwise_weight(kernel), kernel.shape)
 
 
 def _stage_separable(staged: _Staged, record: _KerasRecord, unit: _TorchUnit, where: str) -> None:
     module: SeparableConv2d = unit.module
     depthwise, pointwise = record.arrays["depthwise_kernel"], record.arrays["pointwise_kernel"]
-    _stage_tensor(staged, where, "depthwise_kernel", module.depthwise.weight, _depthwise_weight(depthwise), depthwise.shape)
+    _stage_depthwise_kernel(staged, where, "depthwise_kernel", module.depthwise, depthwise)
     _stage_tensor(
         staged, where, "pointwise_kernel", module.pointwise.weight, pointwise.transpose(3, 2, 0, 1), pointwise.shape
     )
@@ -561,7 +579,7 @@ def load_keras_weights(
             result.unexpected.append(record.name)
     for unit in units:
         if not unit.kind:
-            leftovers.append(f"torch {unit.name!r} ({type(unit.module).__name__}): layer kind not supported")
+            leftovers.append(f"{_torch_label(unit)}: layer kind not supported")
             result.missing.append(unit.name)
     for kind in _STAGERS:
         keras_side = [r for r in records if r.kind == kind]
@@ -576,10 +594,7 @@ def load_keras_weights(
             )
             result.unexpected.append(record.name)
         for unit in torch_side[len(keras_side):]:
-            leftovers.append(
-                f"torch {unit.name!r} ({type(unit.module).__name__}): no Keras layer of its kind left "
-                f"to load it"
-            )
+            leftovers.append(f"{_torch_label(unit)}: no Keras layer of its kind left to load it")
             result.missing.append(unit.name)
     problems = staged.problems + (leftovers if strict else [])
     if problems:
