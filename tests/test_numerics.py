@@ -8,7 +8,14 @@ from torch import nn
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
-from reliability_cases import LAYER_CASES, SPATIAL_CASES, has_batchnorm, make_input
+from reliability_cases import (
+    LAYER_CASES,
+    MODEL_CASES,
+    SPATIAL_CASES,
+    calibrate_batchnorm,
+    has_batchnorm,
+    make_input,
+)
 
 # channels_last runs other kernels (another summation order): float32 rounding only (measured on
 # the layer cases: at most 4.8e-7 absolute).
@@ -160,3 +167,70 @@ def test_batchnorm_training_mode_ignores_running_stats(factory, shape):
         if buffer_name.endswith(("running_mean", "running_var")):
             buffer.add_(3.0)
     torch.testing.assert_close(module(x), out, rtol=0, atol=0)
+
+
+# Whole models (eval mode, BatchNorm statistics from a real batch so outputs depend on the input).
+# channels_last: float32 outputs within 1e-4 of the largest |output| (measured: at most 6.4e-6).
+MODEL_CHANNELS_LAST_REL_TOL = 1e-4
+# bf16 through 18-40 layers: within 15 % of the largest |output| (measured: at most 7.1 %, for the
+# separable ResNet-18; 5.8 % ResNet-18, 3.1 % Xception, 0.3 % SeparableConvNet).
+MODEL_BF16_REL_TOL = 0.15
+
+
+@pytest.fixture(scope="module", params=[pytest.param(case.values, id=case.id) for case in MODEL_CASES])
+def calibrated_model(request):
+    factory, shape = request.param
+    torch.manual_seed(0)
+    return calibrate_batchnorm(factory(), shape), shape
+
+
+@pytest.mark.slow
+def test_model_channels_last_matches_contiguous(calibrated_model):
+    model, shape = calibrated_model
+    x = make_input(shape)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = model(x)
+        out_cl = model_cl(x.contiguous(memory_format=torch.channels_last))
+    scale = out.abs().max().item()
+    torch.testing.assert_close(out_cl, out, rtol=0, atol=MODEL_CHANNELS_LAST_REL_TOL * scale)
+
+
+@pytest.mark.slow
+def test_model_bf16_autocast_close_to_float32(calibrated_model):
+    model, shape = calibrated_model
+    x = make_input(shape)
+    with torch.no_grad():
+        reference = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert torch.isfinite(low).all()
+    error = (low.float() - reference).abs().max().item()
+    assert error <= MODEL_BF16_REL_TOL * reference.abs().max().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory, shape", MODEL_CASES)
+def test_model_same_seed_same_initialisation(factory, shape):
+    states = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        states.append(factory().state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+    changed = [key for key in states[0] if not torch.equal(states[0][key], states[2][key])]
+    assert any(key.endswith("weight") for key in changed)
+
+
+@pytest.mark.slow
+def test_model_deterministic_algorithms_bitwise_repeatable(calibrated_model):
+    model, shape = calibrated_model
+    results = []
+    with deterministic_algorithms():
+        for _ in range(2):
+            replica = copy.deepcopy(model).train()
+            x = make_input(shape)
+            _loss(replica(x)).backward()
+            results.append([p.grad for p in replica.parameters()])
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
