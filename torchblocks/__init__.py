@@ -12,6 +12,7 @@ from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projecti
 from .fusion import fuse_bn, optimize_for_inference
 from . import export
 from . import models
+from . import analysis
 
 __version__ = "0.1.0"
 
