@@ -232,17 +232,33 @@ def _built(layer, shape):
     return layer
 
 
-# (Keras layer factory, torch module, message)
+def _conv(**kwargs):
+    return _built(keras().layers.Conv2D(4, 3, **kwargs), (1, 8, 8, 2))
+
+
+# (Keras layer factory, torch module factory, message)
 MISMATCH_CASES = [
-    (lambda: _built(keras().layers.Conv2D(4, 3, name="k3"), (1, 8, 8, 2)), lambda: tb.Conv2d(2, 4, 5), r"'k3'.*\(4, 2, 3, 3\).*\(4, 2, 5, 5\)"),
-    (lambda: _built(keras().layers.Conv2D(4, 3, strides=2), (1, 8, 8, 2)), lambda: tb.Conv2d(2, 4, 3), r"strides=\(2, 2\), torch has \(1, 1\)"),
-    (lambda: _built(keras().layers.Conv2D(4, 3, dilation_rate=2), (1, 8, 8, 2)), lambda: tb.Conv2d(2, 4, 3), r"dilation_rate=\(2, 2\)"),
-    (lambda: _built(keras().layers.Conv2D(4, 3, padding="same"), (1, 8, 8, 2)), lambda: tb.Conv2d(2, 4, 3), r"padding='same', torch has padding='valid'"),
-    (lambda: _built(keras().layers.Conv2D(4, 3, use_bias=False), (1, 8, 8, 2)), lambda: tb.Conv2d(2, 4, 3), r"use_bias=False"),
-    (lambda: _built(keras().layers.Conv2D(4, 3), (1, 8, 8, 2)), lambda: tb.Conv2d(2, 4, 3, bias=False), r"bias of shape \(4,\).*has none"),
-    (lambda: _built(keras().layers.Conv2D(4, 3), (1, 8, 8, 2)), lambda: tb.Conv2d(2, 4, 3, activation="relu"), r"activation=.linear., torch has activation ReLU"),
-    (lambda: _built(keras().layers.DepthwiseConv2D(3, depth_multiplier=2), (1, 8, 8, 4)), lambda: tb.DepthwiseConv2d(8, 3), r"depth_multiplier=2, torch has 1"),
-    (lambda: _built(keras().layers.Dense(3, name="fc"), (1, 5)), lambda: tb.Conv2d(5, 3, 1), r"(?s)(?=.*Keras 'fc' \(Dense\): no torch Linear)(?=.*torch '<root>' \(Conv2d\): no Keras layer)"),
+    (lambda: _conv(name="k3"), lambda: tb.Conv2d(2, 4, 5), r"'k3'.*\(4, 2, 3, 3\).*\(4, 2, 5, 5\)"),
+    (lambda: _conv(strides=2), lambda: tb.Conv2d(2, 4, 3), r"strides=\(2, 2\), torch has \(1, 1\)"),
+    (lambda: _conv(dilation_rate=2), lambda: tb.Conv2d(2, 4, 3), r"dilation_rate=\(2, 2\)"),
+    (lambda: _conv(padding="same"), lambda: tb.Conv2d(2, 4, 3), r"padding='same', torch has padding='valid'"),
+    (lambda: _conv(use_bias=False), lambda: tb.Conv2d(2, 4, 3), r"use_bias=False"),
+    (lambda: _conv(), lambda: tb.Conv2d(2, 4, 3, bias=False), r"bias of shape \(4,\).*has none"),
+    (
+        lambda: _conv(),
+        lambda: tb.Conv2d(2, 4, 3, activation="relu"),
+        r"activation=.linear., torch has activation ReLU",
+    ),
+    (
+        lambda: _built(keras().layers.DepthwiseConv2D(3, depth_multiplier=2), (1, 8, 8, 4)),
+        lambda: tb.DepthwiseConv2d(8, 3),
+        r"\(3, 3, 4, 2\) \(kh, kw, C, depth_multiplier\) does not fit .*in_channels=8, depth_multiplier=1",
+    ),
+    (
+        lambda: _built(keras().layers.Dense(3, name="fc"), (1, 5)),
+        lambda: tb.Conv2d(5, 3, 1),
+        r"(?s)(?=.*Keras 'fc' \(Dense\): no torch Linear)(?=.*torch '<root>' \(Conv2d\): no Keras layer)",
+    ),
 ]
 
 

@@ -1,8 +1,19 @@
-"""Interop with other frameworks: Keras 3 (weights and whole models) and torchvision.
+"""Interop with other frameworks, proving the ports exact.
 
-``torchblocks.interop.keras``: ``load_keras_weights``, ``from_keras``; keras itself is imported
-only when they are called.
+``keras``: ``load_keras_weights`` (Keras layers, models, ``.keras`` and ``.weights.h5`` files) and
+``from_keras`` (Keras Sequential/Functional model -> torchblocks module); keras itself is imported
+only when they run. ``torchvision``: ResNet conversion in both directions (loaded on first use).
 """
+import importlib
+from typing import Any
+
 from . import keras
 
-__all__ = ["keras"]
+__all__ = ["keras", "torchvision"]
+
+
+def __getattr__(name: str) -> Any:
+    # The torchvision interop imports torchvision and the models: load it on first access only.
+    if name == "torchvision":
+        return importlib.import_module(f"{__name__}.torchvision")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -131,7 +131,6 @@ class _Staged:
 
     copies: List[Tuple[Tensor, Tensor]] = field(default_factory=list)
     attributes: List[Tuple[nn.Module, str, float]] = field(default_factory=list)
-    frozen: List[Tensor] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
 
     def apply(self) -> None:
@@ -140,8 +139,6 @@ class _Staged:
                 target.copy_(value)
         for module, attribute, value in self.attributes:
             setattr(module, attribute, value)
-        for parameter in self.frozen:
-            parameter.requires_grad_(False)
 
 
 class KerasLoadResult(NamedTuple):
@@ -251,35 +248,35 @@ def _records_from_h5(path: str) -> List[_KerasRecord]:
     return records
 
 
-def _read_source(source: Any) -> Tuple[List[_KerasRecord], bool]:
-    """Keras weight records of ``source``, and whether it is a single layer."""
+def _read_source(source: Any) -> List[_KerasRecord]:
+    """Keras weight records of ``source``: a path, a model or a single layer."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No Keras file at {path!r}.")
         if path.endswith(".h5"):
-            return _records_from_h5(path), False
+            return _records_from_h5(path)
         if path.endswith(".keras"):
             keras = _import_keras()
             try:
                 model = keras.saving.load_model(path, compile=False)
             except Exception as exc:  # keras raises many kinds on a corrupt archive
                 raise ValueError(f"Could not read the Keras model file {path!r}: {exc}") from exc
-            return _records_from_model(keras, model), False
+            return _records_from_model(keras, model)
         raise ValueError(
             f"Invalid value for argument `keras_layer_or_model_or_path`. Expected a .keras or "
             f".weights.h5 file. Received {path!r}."
         )
     keras = _import_keras()
     if isinstance(source, keras.Model):
-        return _records_from_model(keras, source), False
+        return _records_from_model(keras, source)
     if isinstance(source, keras.layers.Layer):
         if not source.weights:
             raise ValueError(
                 f"Keras layer {source.name!r} ({type(source).__name__}) has no weights; build it "
                 f"(call it on an input) before loading."
             )
-        return [_record_from_layer(keras, source)], True
+        return [_record_from_layer(keras, source)]
     raise TypeError(
         f"Invalid type for argument `keras_layer_or_model_or_path`. Expected a Keras layer or "
         f"model, or a path. Received an object of type {type(source).__name__}."
@@ -566,7 +563,7 @@ def load_keras_weights(
         )
     if not isinstance(strict, bool):
         raise TypeError(f"Invalid type for argument `strict`. Expected a bool. Received strict={strict!r}.")
-    records, _ = _read_source(keras_layer_or_model_or_path)
+    records = _read_source(keras_layer_or_model_or_path)
     units = _torch_units(module)
     staged = _Staged()
     result = KerasLoadResult([], [], [])
@@ -822,7 +819,7 @@ def _module_name(name: str, taken: set) -> str:
 
 
 def _flatten_plan(
-    keras: Any, functional: Any, nodes: Sequence[Any], output_ids: set
+    keras: Any, nodes: Sequence[Any], output_ids: set
 ) -> Tuple[Dict[int, bool], Dict[int, np.ndarray]]:
     """For each Flatten layer on a 4-D map: keep torch's (c, h, w) order and permute the rows of
     the Dense (and BN) layers it feeds, or, where its features reach anything else, flatten in
@@ -905,6 +902,8 @@ def from_keras(keras_model: Any) -> torch.fx.GraphModule:
             f"Invalid type for argument `keras_model`. Expected a keras.Model. Received an object of "
             f"type {type(keras_model).__name__}."
         )
+    # Keras 3 keeps the graph in private attributes: a built Sequential wraps a Functional
+    # (``_functional``), whose ``_nodes_by_depth`` Keras itself runs deepest first.
     functional = keras_model
     if isinstance(keras_model, keras.Sequential):
         functional = getattr(keras_model, "_functional", None)
@@ -929,7 +928,7 @@ def from_keras(keras_model: Any) -> torch.fx.GraphModule:
         if node.operation is not None and not node.is_input
     ]
     output_ids = {id(t) for t in functional.outputs}
-    flatten_channels_last, permutations = _flatten_plan(keras, functional, nodes, output_ids)
+    flatten_channels_last, permutations = _flatten_plan(keras, nodes, output_ids)
 
     graph = torch.fx.Graph()
     env: Dict[int, torch.fx.Node] = {}
