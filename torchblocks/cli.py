@@ -133,9 +133,9 @@ def _compare(args: argparse.Namespace) -> int:
             layers.append(compare_layer(c, k, s, size, latency=timed, repeats=args.repeats))
         else:
             models.append(compare_model(job, args.input_size, latency=args.latency, repeats=args.repeats))
+    print(_render_comparisons(layers, models, size, args.format, args.repeats))
     if args.plot is not None:
         _plot(args.plot, layers, plotted, size)
-    print(_render_comparisons(layers, models, size, args.format))
     return 0
 
 
@@ -149,7 +149,9 @@ def _plot(path: str, layers: Sequence, plotted: Tuple[int, int], size: Sequence[
     print(f"saved {path}", file=sys.stderr)
 
 
-def _render_comparisons(layers: Sequence, models: Sequence, size: Sequence[int], fmt: str) -> str:
+def _render_comparisons(
+    layers: Sequence, models: Sequence, size: Sequence[int], fmt: str, repeats: int
+) -> str:
     from .analysis.comparisons import comparison_table
     from .analysis.tables import records_to_csv
 
@@ -178,8 +180,17 @@ def _render_comparisons(layers: Sequence, models: Sequence, size: Sequence[int],
             layers, layers=True))
     if models:
         tables.append(comparison_table("Models: separable vs standard convolutions", models, layers=False))
+    notes = MACS_NOTE
+    if any(c.latency_ms is not None for c in [*layers, *models]):
+        import torch
+
+        from .analysis.counting import DEFAULT_WARMUP
+
+        notes += (f"\nms = median wall time per call, batch 1, over up to {repeats} calls after "
+                  f"{DEFAULT_WARMUP} warm-up calls, {torch.get_num_threads()} CPU threads; "
+                  "speed-up = standard / separable.")
     render = (lambda t: t.to_markdown()) if fmt == "markdown" else (lambda t: t.to_text())
-    return "\n\n".join([MACS_NOTE] + [render(t) for t in tables])
+    return "\n\n".join([notes] + [render(t) for t in tables])
 
 
 # -- summary ---------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from .handlers import FlopCountAnalysis, op_handles
 
 Inputs = Union[Tensor, Tuple[Tensor, ...]]
 
+DEFAULT_WARMUP = 2
+
 FLOP_COUNTER_NOTE = (
     "fvcore cannot trace a ScriptModule: counted with torch.utils.flop_counter.FlopCounterMode "
     "instead, which counts only convolutions and matrix products (no BatchNorm, activation, "
@@ -227,7 +229,7 @@ def measure_latency(
     model: nn.Module,
     inputs: Inputs,
     *,
-    warmup: int = 2,
+    warmup: int = DEFAULT_WARMUP,
     repeats: int = 10,
     max_seconds: float = 2.0,
 ) -> float:
