@@ -5,6 +5,7 @@ at the function running it; ``build_parser`` wires them all. Bad input ends with
 error on stderr and a non-zero exit status, never a traceback.
 """
 import argparse
+import importlib.util
 import json
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -12,10 +13,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 FORMATS = ("text", "markdown", "csv", "json")
-MACS_NOTE = (
+UNITS_NOTE = (
     "MACs = fused multiply-adds as fvcore counts them (FLOPs = 2 x MACs); params = trainable "
-    "parameters; ratio = separable / standard."
+    "parameters"
 )
+MACS_NOTE = UNITS_NOTE + "; ratio = separable / standard."
 
 
 class UsageError(Exception):
@@ -117,36 +119,36 @@ def _compare(args: argparse.Namespace) -> int:
 
     from .analysis.comparisons import DEFAULT_LAYER_SIZE, compare_layer, compare_model
 
-    if args.plot is not None and (args.model is not None or args.only == "models"):
-        raise UsageError("--plot draws the single-layer grid: drop --model / --only models")
+    if args.plot is not None:
+        if args.model is not None or args.only == "models":
+            raise UsageError("--plot draws the single-layer grid: drop --model / --only models")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError('--plot needs matplotlib: pip install "torchblocks[plot]"')
     layer_jobs, model_jobs = _layer_jobs(args), _model_jobs(args)
     size = tuple(args.input_size[1:]) if args.input_size else DEFAULT_LAYER_SIZE
-    plotted = (args.kernel_sizes[0], 1)  # the plot shows the first kernel size at stride 1
+    plotted_kernel = args.kernel_sizes[0]  # the plot shows the first kernel size at stride 1
     jobs = [("layer", job) for job in layer_jobs] + [("model", job) for job in model_jobs]
-    layers, models = [], []
+    layers, models, plotted = [], [], []
     # The bar shows only on a terminal (disable=None) and only once the run has taken 2 s.
     for kind, job in tqdm(jobs, desc="counting", unit="net", delay=2.0, leave=False,
                           file=sys.stderr, disable=None):
         if kind == "layer":
             c, k, s = job
-            timed = args.latency or (args.plot is not None and (k, s) == plotted)
-            layers.append(compare_layer(c, k, s, size, latency=timed, repeats=args.repeats))
+            on_plot = args.plot is not None and (k, s) == (plotted_kernel, 1)
+            result = compare_layer(c, k, s, size, latency=args.latency or on_plot, repeats=args.repeats)
+            layers.append(result)
+            if on_plot:
+                plotted.append((c, result))
         else:
             models.append(compare_model(job, args.input_size, latency=args.latency, repeats=args.repeats))
     print(_render_comparisons(layers, models, size, args.format, args.repeats))
     if args.plot is not None:
-        _plot(args.plot, layers, plotted, size)
+        from .analysis.comparisons import plot_channel_sweep
+
+        title = f"SeparableConv2d vs Conv2d, k={plotted_kernel}, stride 1, input 1xCx{size[0]}x{size[1]}"
+        plot_channel_sweep(args.plot, [r for _, r in plotted], [c for c, _ in plotted], title)
+        print(f"saved {args.plot}", file=sys.stderr)
     return 0
-
-
-def _plot(path: str, layers: Sequence, plotted: Tuple[int, int], size: Sequence[int]) -> None:
-    from .analysis.comparisons import plot_channel_sweep
-
-    rows = [c for c in layers if c.speedup is not None and c.name.endswith(f"k={plotted[0]} s={plotted[1]}")]
-    channels = [int(c.name.split()[0][2:]) for c in rows]
-    title = f"SeparableConv2d vs Conv2d, k={plotted[0]}, stride {plotted[1]}, input 1xCx{size[0]}x{size[1]}"
-    plot_channel_sweep(path, rows, channels, title)
-    print(f"saved {path}", file=sys.stderr)
 
 
 def _render_comparisons(
@@ -199,7 +201,7 @@ def _render_comparisons(
 def _add_summary(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "summary", help="Keras model.summary()-style table: layer, output shape, params, MACs",
-        description="Layer-by-layer table of a torchblocks model. " + MACS_NOTE,
+        description=f"Layer-by-layer table of a torchblocks model. {UNITS_NOTE}.",
     )
     p.add_argument("model", metavar="MODEL", help="a name from torchblocks.models (case-insensitive)")
     _add_input_size(p, "input size (default: 3 64 64, 3 299 299 for xception, 3 224 224)")
@@ -228,7 +230,7 @@ def _summary(args: argparse.Namespace) -> int:
 
         print(records_to_csv(table.to_records()).rstrip("\n"))
     elif args.format == "markdown":
-        print(table.to_markdown(footer=str(result).splitlines()[-3:]))
+        print(table.to_markdown(footer=result.footer()))
     else:
         print(result)
     return 0

@@ -77,6 +77,7 @@ class CountReport:
             "params": self.params,
             "non_trainable_params": self.non_trainable_params,
             "buffers": self.buffers,
+            "keras_count_params": self.keras_count_params,
             "macs": self.macs,
             "flops": self.flops,
             "method": self.method,
@@ -143,7 +144,10 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _count_fvcore(model: nn.Module, inputs: Tuple[Tensor, ...], include_bn: bool):
+def _count_fvcore(
+    model: nn.Module, inputs: Tuple[Tensor, ...], include_bn: bool
+) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, int]]:
+    """(MACs by module, MACs by operator, unsupported op counts) from fvcore's trace."""
     analysis = FlopCountAnalysis(model, inputs).set_op_handle(**op_handles(include_bn))
     # Warnings are switched off on this private instance only: unsupported ops are returned in
     # the report (and warned about once, below); the "never called" list only ever names
@@ -163,7 +167,10 @@ def _count_fvcore(model: nn.Module, inputs: Tuple[Tensor, ...], include_bn: bool
     return by_module, by_operator, unsupported
 
 
-def _count_flop_counter(model: nn.Module, inputs: Tuple[Tensor, ...]):
+def _count_flop_counter(
+    model: nn.Module, inputs: Tuple[Tensor, ...]
+) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """(MACs by module, MACs by operator) from FlopCounterMode: the whole model only."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)

@@ -53,9 +53,10 @@ class Summary:
             [[f"{r.name} ({r.type_name})", r.output_shape, r.params, r.macs] for r in self.rows],
         )
 
-    def __str__(self) -> str:
+    def footer(self) -> List[str]:
+        """Totals: parameters (and Keras' count with BN statistics), MACs and FLOPs."""
         r = self.report
-        footer = [
+        lines = [
             f"Total params: {r.total_params:,} (trainable {r.params:,}, "
             f"non-trainable {r.non_trainable_params:,})",
             f"Buffers (BN moving statistics): {r.buffers:,}; Keras count_params(): "
@@ -64,8 +65,11 @@ class Summary:
             f"FLOPs = 2 x MACs = {human(r.flops)})",
         ]
         if r.note:
-            footer.append(f"Note: {r.note}")
-        return self.table().to_text(footer=footer)
+            lines.append(f"Note: {r.note}")
+        return lines
+
+    def __str__(self) -> str:
+        return self.table().to_text(footer=self.footer())
 
 
 def _shape_text(shapes) -> str:

@@ -82,7 +82,7 @@ class Table:
         out.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in self.columns) + "|")
         out += ["| " + " | ".join(r) + " |" for r in self._cells()]
         if footer:
-            out += [""] + list(footer)
+            out += [""] + [f"- {line}" for line in footer]
         return "\n".join(out)
 
     def to_records(self) -> List[Dict[str, object]]:
