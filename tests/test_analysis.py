@@ -267,6 +267,29 @@ def test_script_module_falls_back_to_flop_counter_mode():
     assert report.params == 3 * 9 + 3 * 5 + 5
 
 
+def test_model_holding_a_frozen_script_module_falls_back_and_is_left_alone():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        frozen = torch.jit.freeze(torch.jit.script(tb.Conv2d(3, 4, 3).eval()))
+    wrapper = nn.Sequential(frozen)  # training mode, as built
+    report = analysis.count(wrapper, torch.randn(2, 3, 9, 9))
+    assert report.method == "FlopCounterMode" and report.macs == 2 * 4 * 3 * 9 * 7 * 7
+    assert wrapper.training and not hasattr(frozen, "training")  # no flag added to the frozen module
+
+
+def test_include_bn_false_equals_the_bn_folded_model():
+    model = nn.Sequential(
+        tb.Conv2d(3, 8, 3, bias=False), tb.BatchNorm(8), nn.ReLU(), tb.Conv2d(8, 4, 1), nn.BatchNorm2d(4)
+    ).eval()
+    x = torch.randn(2, 3, 9, 9)
+    folded = tb.fuse_bn(model)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    convs = 2 * 49 * (8 * 3 * 9 + 4 * 8)
+    relu, bn = 2 * 49 * 8, 2 * 49 * (8 + 4) * 2
+    assert analysis.count(model, x).macs == convs + relu + bn
+    assert analysis.count(model, x, include_bn=False).macs == convs + relu == analysis.count(folded, x).macs
+
+
 class _ReturnsFloat(nn.Module):
     def forward(self, x: torch.Tensor) -> float:
         return float(x.sum())

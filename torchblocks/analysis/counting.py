@@ -21,9 +21,11 @@ Inputs = Union[Tensor, Tuple[Tensor, ...]]
 DEFAULT_WARMUP = 2
 
 FLOP_COUNTER_NOTE = (
-    "fvcore cannot trace a ScriptModule: counted with torch.utils.flop_counter.FlopCounterMode "
-    "instead, which counts only convolutions and matrix products (no BatchNorm, activation, "
-    "pooling or add costs) and gives no per-module breakdown"
+    "fvcore cannot trace a ScriptModule (nor a model holding one): counted with "
+    "torch.utils.flop_counter.FlopCounterMode instead, which counts only convolutions and matrix "
+    "products (no BatchNorm, activation, pooling or add costs), gives no per-module breakdown and "
+    "misses convolutions that torch.jit.freeze fused into prepacked kernels: count the eager "
+    "module where you have it"
 )
 
 
@@ -124,11 +126,13 @@ def temporary_mode(model: nn.Module, training: bool) -> Iterator[None]:
     """Put every submodule in train/eval mode, then restore each one's own flag and buffers.
 
     Buffers are restored too: a training-mode forward updates BatchNorm running statistics, and
-    counting must leave the caller's model as it found it.
+    counting must leave the caller's model as it found it. Frozen ScriptModules, which have no
+    ``training`` flag, are left alone.
     """
-    modes = [(m, m.training) for m in model.modules()]
+    modes = [(m, m.training) for m in model.modules() if hasattr(m, "training")]
     saved = [b.detach().clone() for b in model.buffers()] if training else []
-    model.train(training)
+    for module, _ in modes:
+        module.training = training
     try:
         yield
     finally:
@@ -191,9 +195,10 @@ def count(
     """Parameters and MACs of ``model`` on ``inputs``, with fvcore.
 
     The model is counted in eval mode by default (fvcore's BatchNorm cost differs between
-    modes); every submodule's mode is restored afterwards. A ``torch.jit.ScriptModule``, which
-    fvcore cannot trace, is counted with ``torch.utils.flop_counter.FlopCounterMode`` instead
-    (``report.note`` says so).
+    modes); every submodule's mode is restored afterwards. A ``torch.jit.ScriptModule`` (or a
+    model holding one, such as ``optimize_for_inference``'s result), which fvcore cannot trace,
+    is counted with ``torch.utils.flop_counter.FlopCounterMode`` instead (``report.note`` says
+    so).
 
     Args:
         model: any module taking ``inputs``; e.g. (N, C, H, W) images.
@@ -213,7 +218,7 @@ def count(
     trainable, frozen, buffers = parameter_counts(model)
     shapes = tuple(tuple(t.shape) for t in args)
     with temporary_mode(model, training):
-        if isinstance(model, torch.jit.ScriptModule):
+        if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
             by_module, by_operator = _count_flop_counter(model, args)
             return CountReport(
                 trainable, frozen, buffers, by_module[""], by_module, by_operator,
