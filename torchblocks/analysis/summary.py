@@ -102,15 +102,18 @@ def summary(model: nn.Module, inputs: Inputs, *, depth: Optional[int] = None) ->
         inputs: a tensor or a tuple of tensors, e.g. (1, 3, 299, 299).
         depth: show no module deeper than this (1 = the model's children); None = every layer.
     """
-    if isinstance(model, torch.jit.ScriptModule):
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         raise TypeError(
             "Invalid type for argument `model`. summary() needs an eager nn.Module to list its "
             "layers; a ScriptModule hides them (use torchblocks.analysis.count)."
         )
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-        raise ValueError(f"Invalid value for argument `depth`. Expected an int >= 1 or None. Received depth={depth!r}.")
-    names: Dict[nn.Module, str] = {}
-    for name, module in model.named_modules():
+        raise ValueError(
+            f"Invalid value for argument `depth`. Expected an int >= 1 or None. Received depth={depth!r}."
+        )
+    modules = dict(model.named_modules())
+    names: Dict[nn.Module, str] = {}  # a module shared under two names is listed once
+    for name, module in modules.items():
         names.setdefault(module, name)
 
     def is_row(name: str, module: nn.Module) -> bool:
@@ -122,15 +125,12 @@ def summary(model: nn.Module, inputs: Inputs, *, depth: Optional[int] = None) ->
         )
 
     def shown(name: str) -> bool:
-        # A module is shown when it is a row and none of its ancestors already is one.
+        # Inside a row everything is summed into that row: only modules with no row above them
+        # appear, as a row or as their own ops.
         parts = name.split(".") if name else []
-        for k in range(len(parts)):
-            prefix = ".".join(parts[:k])
-            if is_row(prefix, dict_modules[prefix]):
-                return False
-        return True
+        prefixes = (".".join(parts[:k]) for k in range(len(parts)))
+        return not any(is_row(prefix, modules[prefix]) for prefix in prefixes)
 
-    dict_modules = dict(model.named_modules())
     order: List[Tuple[str, Tuple[Tuple[int, ...], ...]]] = []
     seen = set()
 
@@ -149,7 +149,7 @@ def summary(model: nn.Module, inputs: Inputs, *, depth: Optional[int] = None) ->
 
     rows: List[SummaryRow] = []
     for name, shapes in order:
-        module = dict_modules[name]
+        module = modules[name]
         if not shown(name):
             continue
         shape = _shape_text(shapes) if shapes else "-"
@@ -166,7 +166,7 @@ def summary(model: nn.Module, inputs: Inputs, *, depth: Optional[int] = None) ->
         if own_macs or own_params:
             rows.append(SummaryRow(name or "(model)", f"{kind}, own ops", shape, own_params, own_macs))
     # Layers the forward never reached still own parameters: list them so the totals add up.
-    for name, module in dict_modules.items():
+    for name, module in modules.items():
         if name not in seen and is_row(name, module) and shown(name):
             params = sum(p.numel() for p in module.parameters())
             if params:
