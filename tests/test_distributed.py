@@ -150,9 +150,16 @@ class ChannelsLastBatchNorm(nn.Module):
         return self.bn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-SYNC_BN_CASES = [case for case in LAYER_CASES if has_batchnorm(case.values[0]())] + [
-    pytest.param(_mixed_axis_model, (3, 3, 6, 6), id="mixed-axes"),
-] + [pytest.param(*case.values, id=case.id, marks=pytest.mark.slow) for case in MODEL_CASES if case.id != "separableconvnet"]
+# Every layer and model with a BatchNorm (SeparableConvNet has none).
+SYNC_BN_CASES = (
+    [case for case in LAYER_CASES if has_batchnorm(case.values[0]())]
+    + [pytest.param(_mixed_axis_model, (3, 3, 6, 6), id="mixed-axes")]
+    + [
+        pytest.param(*case.values, id=case.id, marks=pytest.mark.slow)
+        for case in MODEL_CASES
+        if case.id != "separableconvnet"
+    ]
+)
 
 
 @pytest.mark.parametrize("factory, shape", SYNC_BN_CASES)

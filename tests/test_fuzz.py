@@ -39,7 +39,9 @@ class Spec(NamedTuple):
 
 
 # Wrong types for an int-or-pair argument (a bool is not an int here, as in Keras).
-BAD_SIZE_TYPES = st.sampled_from([1.5, "3", None, b"3", True, False, [1, 2, 3], (2,), (2, 2.5), {"k": 3}, float("nan")])
+BAD_SIZE_TYPES = st.sampled_from(
+    [1.5, "3", None, b"3", True, False, [1, 2, 3], (2,), (2, 2.5), {"k": 3}, float("nan")]
+)
 
 
 def size(high: int, minimum: int = 1, pair: bool = True) -> Spec:
@@ -100,7 +102,8 @@ def keras_length(n: int, k: int, s: int, d: int, padding) -> Optional[int]:
 def keras_hw(hw, kernel, stride, dilation, padding) -> Optional[Tuple[int, int]]:
     padding = padding.lower() if isinstance(padding, str) else pair(padding)
     pads = (padding, padding) if isinstance(padding, str) else padding
-    out = [keras_length(n, k, s, d, p) for n, k, s, d, p in zip(hw, pair(kernel), pair(stride), pair(dilation), pads)]
+    axes = zip(hw, pair(kernel), pair(stride), pair(dilation), pads)
+    out = [keras_length(n, k, s, d, p) for n, k, s, d, p in axes]
     return None if None in out else tuple(out)
 
 
@@ -156,19 +159,24 @@ CONV_SPECS = dict(
     groups=Spec(st.sampled_from([1, 1, 1, 2, 3]), size(3, pair=False).bad),
 )
 DEPTHWISE_SPECS = dict(
-    in_channels=size(4, pair=False), kernel_size=size(5), stride=size(3), padding=padding_arg(), dilation=size(3),
+    in_channels=size(4, pair=False), kernel_size=size(5), stride=size(3), padding=padding_arg(),
+    dilation=size(3),
     depth_multiplier=size(3, pair=False), bias=BOOL, activation=ACTIVATION,
 )
 SEPARABLE_SPECS = dict(DEPTHWISE_SPECS, out_channels=size(5, pair=False))
 POOL_SPECS = dict(
     kernel_size=size(4), stride=Spec(st.one_of(st.none(), size(3).good), size(3).bad), padding=padding_arg(2)
 )
-DENSE_SPECS = dict(in_features=size(6, pair=False), out_features=size(6, pair=False), bias=BOOL, activation=ACTIVATION)
+DENSE_SPECS = dict(
+    in_features=size(6, pair=False), out_features=size(6, pair=False), bias=BOOL, activation=ACTIVATION
+)
 BATCHNORM_SPECS = dict(
     num_features=size(5, pair=False),
     axis=Spec(st.sampled_from([1, -1]), st.sampled_from([0, 2, -2, 3, "1", True, None, 1.0])),
     eps=Spec(st.floats(1e-8, 1.0), st.sampled_from([0.0, -1e-3, float("nan"), float("inf"), "1e-3", None])),
-    momentum=Spec(st.one_of(st.floats(0.0, 1.0), st.none()), st.sampled_from([-0.1, 1.5, float("nan"), "0.1"])),
+    momentum=Spec(
+        st.one_of(st.floats(0.0, 1.0), st.none()), st.sampled_from([-0.1, 1.5, float("nan"), "0.1"])
+    ),
 )
 
 
@@ -179,7 +187,8 @@ def test_fuzz_conv2d(data):
     args = draw_args(data, CONV_SPECS)
     values = {name: arg.value for name, arg in args.items()}
     channels_ok = all(args[name].ok for name in ("in_channels", "out_channels", "groups"))
-    mismatched = channels_ok and (values["in_channels"] % values["groups"] or values["out_channels"] % values["groups"])
+    groups = values["groups"]
+    mismatched = channels_ok and (values["in_channels"] % groups or values["out_channels"] % groups)
     conv = build(tb.Conv2d, args, ("groups",) if mismatched else ())
     if conv is None:
         return
@@ -272,7 +281,9 @@ def test_fuzz_batchnorm(data, training):
 OVERSIZED = [
     pytest.param(lambda: tb.Conv2d(1, 1, 10**6), "kernel_size", id="conv-kernel"),
     pytest.param(lambda: tb.Conv2d(2**16, 2**16, 3), "out_channels", id="conv-channels"),
-    pytest.param(lambda: tb.DepthwiseConv2d(3, 3, depth_multiplier=2**30), "depth_multiplier", id="depthwise"),
+    pytest.param(
+        lambda: tb.DepthwiseConv2d(3, 3, depth_multiplier=2**30), "depth_multiplier", id="depthwise"
+    ),
     pytest.param(lambda: tb.SeparableConv2d(2**20, 2**20, 1), "out_channels", id="separable-pointwise"),
     pytest.param(lambda: tb.Dense(2**20, 2**20), "in_features", id="dense"),
 ]
@@ -286,20 +297,34 @@ def test_oversized_weight_refused_at_construction(factory, name):
 
 # Inputs smaller than the window under 'valid' (or an int padding): torch would fail inside F.conv2d.
 SMALL_INPUTS = [
-    pytest.param(lambda: tb.Conv2d(2, 3, 5), (1, 2, 4, 9), r"kernel_size=\(5, 5\).*padding='valid'.*\(5, 5\).*\(4, 9\)",
-                 id="conv-valid"),
-    pytest.param(lambda: tb.Conv2d(2, 3, 3, dilation=(1, 3)), (1, 2, 6, 6),
-                 r"dilation=\(1, 3\).*\(3, 7\).*\(6, 6\)", id="conv-dilated"),
-    pytest.param(lambda: tb.Conv2d(2, 3, 5, padding=1), (1, 2, 2, 2), r"padding=\(1, 1\).*\(3, 3\).*\(2, 2\)",
-                 id="conv-int-padding"),
-    pytest.param(lambda: tb.SeparableConv2d(2, 3, (3, 1)), (1, 2, 2, 5), r"SeparableConv2d.*\(3, 1\).*\(2, 5\)",
-                 id="separable"),
-    pytest.param(lambda: tb.MaxPool2d(3), (1, 2, 2, 8), r"MaxPool2d.*kernel_size=\(3, 3\).*\(3, 3\).*\(2, 8\)",
-                 id="maxpool"),
-    pytest.param(lambda: tb.AvgPool2d(4, padding=1), (1, 2, 1, 8), r"AvgPool2d.*padding=\(1, 1\).*\(2, 2\).*\(1, 8\)",
-                 id="avgpool-int-padding"),
-    pytest.param(lambda: tb.Conv2d(2, 3, 3, padding="same"), (1, 2, 0, 4), r"'same'.*\(1, 1\).*\(0, 4\)",
-                 id="conv-same-empty"),
+    pytest.param(
+        lambda: tb.Conv2d(2, 3, 5), (1, 2, 4, 9),
+        r"kernel_size=\(5, 5\).*padding='valid'.*\(5, 5\).*\(4, 9\)", id="conv-valid",
+    ),
+    pytest.param(
+        lambda: tb.Conv2d(2, 3, 3, dilation=(1, 3)), (1, 2, 6, 6),
+        r"dilation=\(1, 3\).*\(3, 7\).*\(6, 6\)", id="conv-dilated",
+    ),
+    pytest.param(
+        lambda: tb.Conv2d(2, 3, 5, padding=1), (1, 2, 2, 2),
+        r"padding=\(1, 1\).*\(3, 3\).*\(2, 2\)", id="conv-int-padding",
+    ),
+    pytest.param(
+        lambda: tb.SeparableConv2d(2, 3, (3, 1)), (1, 2, 2, 5),
+        r"SeparableConv2d.*\(3, 1\).*\(2, 5\)", id="separable",
+    ),
+    pytest.param(
+        lambda: tb.MaxPool2d(3), (1, 2, 2, 8),
+        r"MaxPool2d.*kernel_size=\(3, 3\).*\(3, 3\).*\(2, 8\)", id="maxpool",
+    ),
+    pytest.param(
+        lambda: tb.AvgPool2d(4, padding=1), (1, 2, 1, 8),
+        r"AvgPool2d.*padding=\(1, 1\).*\(2, 2\).*\(1, 8\)", id="avgpool-int-padding",
+    ),
+    pytest.param(
+        lambda: tb.Conv2d(2, 3, 3, padding="same"), (1, 2, 0, 4),
+        r"'same'.*\(1, 1\).*\(0, 4\)", id="conv-same-empty",
+    ),
 ]
 
 
