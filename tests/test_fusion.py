@@ -129,6 +129,15 @@ def test_fold_uses_the_batchnorm_formula():
     assert isinstance(fused[1], nn.Identity)
 
 
+@pytest.mark.parametrize("layer", [tb.Conv2d(4, 4, 3, 2, "same"), tb.BatchNorm(4)])
+def test_fuse_bn_on_a_single_layer_is_an_eval_copy(layer):
+    x = torch.randn(2, 4, 6, 6)
+    fused = tb.fuse_bn(layer)
+    assert fused is not layer and type(fused) is type(layer) and not fused.training
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), layer.eval()(x), rtol=0, atol=0)
+
+
 def test_fuse_bn_rejects_a_non_module():
     with pytest.raises(TypeError, match="argument `model`"):
         tb.fuse_bn("xception")
@@ -178,7 +187,7 @@ def small_net():
 @pytest.mark.parametrize("path", FAST_PATHS)
 def test_optimize_for_inference_paths_match_eager(path, small_net):
     model, x = small_net
-    optimized = tb.optimize_for_inference(model, x, path=path)
+    optimized = tb.optimize_for_inference(model, x, method=path)
     with torch.no_grad():
         torch.testing.assert_close(optimized(x), model(x), rtol=1e-4, atol=1e-4)
 
@@ -197,8 +206,8 @@ def test_optimize_for_inference_default_and_original_untouched(small_net):
 
 def test_optimize_for_inference_rejects_unknown_path(small_net):
     model, x = small_net
-    with pytest.raises(ValueError, match=r"argument `path`.*Received path='tensorrt'"):
-        tb.optimize_for_inference(model, x, path="tensorrt")
+    with pytest.raises(ValueError, match=r"argument `method`.*Received method='tensorrt'"):
+        tb.optimize_for_inference(model, x, method="tensorrt")
 
 
 def test_inference_candidates_are_the_documented_ones():
@@ -211,6 +220,6 @@ def test_optimize_for_inference_compiled_path(small_net):
     torch._dynamo.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimized = tb.optimize_for_inference(model, x, path="compile")
+        optimized = tb.optimize_for_inference(model, x, method="compile")
     with torch.no_grad():
         torch.testing.assert_close(optimized(x), model(x), rtol=1e-4, atol=1e-4)

@@ -7,8 +7,6 @@ the BN's affine transform into that convolution's weight and bias, and replaces 
 still scripts, traces and exports like the original.
 """
 import copy
-import statistics
-import time
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -91,7 +89,10 @@ def conv_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     output of a conv without activation, that output feeds nothing else, and each module is called
     exactly once in the forward pass.
     """
-    graph = torch.fx.Tracer.trace(_LayerTracer(), model)
+    tracer = _LayerTracer()
+    if tracer.is_leaf_module(model, ""):
+        return []  # a single layer: no conv -> BN pair inside
+    graph = tracer.trace(model)
     calls: Dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
@@ -137,55 +138,48 @@ def fuse_bn(model: nn.Module) -> nn.Module:
 
 
 class _ChannelsLast(nn.Module):
-    """Runs ``inner`` on a channels-last copy of each 4-D input (the output values are the same)."""
+    """Runs ``inner`` on a channels-last copy of a 4-D input (the output values are the same)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.inner(x.contiguous(memory_format=torch.channels_last))
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.inner(x)
 
 
-def _median_ms(fn: Callable[..., Tensor], inputs: Tuple[Tensor, ...], runs: int) -> float:
-    with torch.no_grad():
-        fn(*inputs)
-        fn(*inputs)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn(*inputs)
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
-def _frozen(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
+def _frozen(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
-        # torch 2.14 deprecates torch.jit (FutureWarning per module); this path is chosen by
-        # measurement, and the warning would only repeat on every call of ours.
+        # torch 2.14's FutureWarning for torch.jit repeats once per submodule; the caller asked
+        # for this method by name, so the deprecation is known and not repeated here.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(model)
         return torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
 
 
-def _compiled(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
+def _compiled(model: nn.Module) -> nn.Module:
     # Inductor's freezing constant-folds the weights and prepacks them for oneDNN on CPU.
     return torch.compile(model, fullgraph=True, dynamic=False, options={"freezing": True})
 
 
-def inference_candidates(model: nn.Module) -> Dict[str, Callable[[Tuple[Tensor, ...]], nn.Module]]:
-    """The inference paths ``optimize_for_inference`` can choose from, by name (for benchmarks)."""
+def inference_candidates(model: nn.Module) -> Dict[str, Callable[[], nn.Module]]:
+    """Builders of the inference paths ``optimize_for_inference`` chooses from, by name.
+
+    ``model`` must already be an eval-mode copy (the builders fold and convert it).
+    """
     return {
-        "eager": lambda inputs: model,
-        "fuse_bn": lambda inputs: fuse_bn(model),
-        "fuse_bn+channels_last": lambda inputs: _ChannelsLast(fuse_bn(model).to(memory_format=torch.channels_last)),
-        "frozen_torchscript": lambda inputs: _frozen(fuse_bn(model), inputs),
-        "channels_last+frozen_torchscript": lambda inputs: _ChannelsLast(
-            _frozen(fuse_bn(model).to(memory_format=torch.channels_last), inputs)
+        "eager": lambda: model,
+        "fuse_bn": lambda: fuse_bn(model),
+        "fuse_bn+channels_last": lambda: _ChannelsLast(fuse_bn(model).to(memory_format=torch.channels_last)),
+        "frozen_torchscript": lambda: _frozen(fuse_bn(model)),
+        "channels_last+frozen_torchscript": lambda: _ChannelsLast(
+            _frozen(fuse_bn(model).to(memory_format=torch.channels_last))
         ),
-        "compile": lambda inputs: _compiled(fuse_bn(model), inputs),
-        "channels_last+compile": lambda inputs: _ChannelsLast(
-            _compiled(fuse_bn(model).to(memory_format=torch.channels_last), inputs)
+        "compile": lambda: _compiled(fuse_bn(model)),
+        "channels_last+compile": lambda: _ChannelsLast(
+            _compiled(fuse_bn(model).to(memory_format=torch.channels_last))
         ),
     }
 
@@ -194,17 +188,24 @@ def optimize_for_inference(
     model: nn.Module,
     example_inputs: ExampleInputs,
     *,
-    path: str = "auto",
+    method: str = "auto",
     rtol: float = 1e-4,
     atol: float = 1e-4,
 ) -> nn.Module:
     """The fastest exact CPU inference path for ``model``, checked against eager mode.
 
+    ``"auto"`` is ``"fuse_bn+channels_last"``: BatchNorm folded into the convs (``fuse_bn``) and
+    the weights and inputs in channels-last memory, in eager mode. Measured on 2 CPU threads
+    (torch 2.14.1, medians), Xception at batch 1, 299×299: eager 135 ms, fuse_bn 134,
+    fuse_bn+channels_last 102, frozen TorchScript 126, channels_last + frozen TorchScript 127,
+    ``torch.compile`` (inductor, freezing) 97, channels_last + compile 100. Compilation is 5% faster
+    but takes ~30 s and a C++ compiler on first use; pass ``method="compile"`` for long-running
+    servers. Inputs of any size work with every method but ``"compile"`` (recompiles per shape).
+
     Args:
         model: the module (left untouched; an eval-mode copy is optimised).
         example_inputs: a tensor or tuple of tensors at the size to serve, e.g. (1, 3, 299, 299).
-        path: ``"auto"`` (the measured default, see below) or a name of
-            ``inference_candidates``.
+        method: ``"auto"`` or a name of ``inference_candidates``.
         rtol, atol: tolerance of the check against the eval-mode model (1e-4).
 
     Returns:
@@ -214,15 +215,16 @@ def optimize_for_inference(
     inputs = _as_tuple(example_inputs)
     eager = copy.deepcopy(model).eval()
     candidates = inference_candidates(eager)
-    choice = _DEFAULT_PATH if path == "auto" else path
+    choice = _DEFAULT_METHOD if method == "auto" else method
     if choice not in candidates:
         raise ValueError(
-            f"Invalid value for argument `path`. Expected 'auto' or one of {tuple(candidates)}. Received path={path!r}."
+            f"Invalid value for argument `method`. Expected 'auto' or one of {tuple(candidates)}. "
+            f"Received method={method!r}."
         )
-    optimized = candidates[choice](inputs)
+    optimized = candidates[choice]()
     with torch.no_grad():
         verify(eager(*inputs), optimized(*inputs), type(model).__name__, f"optimize_for_inference ({choice})", rtol, atol)
     return optimized
 
 
-_DEFAULT_PATH = "channels_last+frozen_torchscript"
+_DEFAULT_METHOD = "fuse_bn+channels_last"
