@@ -316,7 +316,7 @@ def _default_size(name: str) -> Sequence[int]:
     if name.startswith("xception"):
         return (3, 299, 299)
     if name.lower().startswith("separableconvnet"):
-        return (3, 32, 32)
+        return (3, 64, 64)  # the book's input size
     return (3, 224, 224)
 
 
