@@ -138,6 +138,21 @@ def test_fuse_bn_on_a_single_layer_is_an_eval_copy(layer):
         torch.testing.assert_close(fused(x), layer.eval()(x), rtol=0, atol=0)
 
 
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = tb.Conv2d(4, 4, 1)
+        self.bn = tb.BatchNorm(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+
+def test_fuse_bn_explains_an_untraceable_model():
+    with pytest.raises(TypeError, match="fuse_bn needs a torch.fx-traceable forward; DataDependent failed"):
+        tb.fuse_bn(DataDependent())
+
+
 def test_fuse_bn_rejects_a_non_module():
     with pytest.raises(TypeError, match="argument `model`"):
         tb.fuse_bn("xception")
