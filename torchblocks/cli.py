@@ -1,4 +1,4 @@
-"""The ``torchblocks`` command: ``compare`` (the main job), ``summary``, ``export``.
+"""The ``torchblocks`` command: ``compare`` (the main job), ``summary``, ``export``, ``bench``.
 
 Each subcommand is one ``_add_<name>`` function that registers its parser and points ``func``
 at the function running it; ``build_parser`` wires them all. Bad input ends with a one-line
@@ -236,6 +236,33 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bench -----------------------------------------------------------------------------------
+
+
+def _add_bench(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark against plain PyTorch, timm and Keras (ratios in one run)",
+        description="Side-by-side benchmarks, reported as median ratios candidate / reference.",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON to FILE")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    report = bench.run(args.device, args.quick, args.threads)
+    print(report.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(report.to_json() + "\n")
+    return 0
+
+
 # -- wiring ----------------------------------------------------------------------------------
 
 
@@ -248,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import add_export_parser  # the export command's wiring lives beside the exporters
 
     add_export_parser(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -1,0 +1,390 @@
+"""Side-by-side benchmarks: torchblocks against plain PyTorch, timm and Keras, reported as ratios.
+
+Absolute times on shared CPUs drift from run to run, so every case times a candidate and its
+reference in the same process, interleaved round by round (``torch.utils.benchmark.Timer``,
+``blocked_autorange`` medians after warm-up), and reports the median of the per-round ratios
+``candidate / reference``. timm and keras are optional (extra ``[bench]``): their rows are skipped
+when they are not installed.
+"""
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+import torchblocks as tb
+
+
+@dataclass
+class Case:
+    """One comparison: ``candidate`` time over ``reference`` time, and the target it must meet.
+
+    ``higher_is_better`` marks speed-ups (reference / candidate), where the target is a minimum.
+    """
+
+    name: str
+    candidate: str
+    reference: str
+    candidate_ms: float
+    reference_ms: float
+    ratio: float
+    target: Optional[float] = None
+    higher_is_better: bool = False
+    note: str = ""
+
+    @property
+    def met(self) -> Optional[bool]:
+        if self.target is None:
+            return None
+        return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+
+
+@dataclass
+class Report:
+    """All cases of one run, with the machine and versions they were measured on."""
+
+    device: str
+    threads: int
+    quick: bool
+    environment: Dict[str, str]
+    cases: List[Case] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for case, row in zip(self.cases, data["cases"]):
+            row["met"] = case.met
+        return json.dumps(data, indent=2)
+
+    def table(self) -> str:
+        lines = [
+            f"device={self.device} threads={self.threads} quick={self.quick} "
+            + " ".join(f"{k}={v}" for k, v in self.environment.items()),
+            f"{'case':<44}{'candidate ms':>14}{'reference ms':>14}{'ratio':>8}{'target':>9}  met",
+        ]
+        for c in self.cases:
+            target = "" if c.target is None else ("≥" if c.higher_is_better else "≤") + f"{c.target:g}"
+            met = {None: "", True: "yes", False: "NO"}[c.met]
+            lines.append(
+                f"{c.name:<44}{c.candidate_ms:>14.3f}{c.reference_ms:>14.3f}{c.ratio:>8.3f}{target:>9}  {met}"
+            )
+            if c.note:
+                lines.append(f"    {c.note}")
+        lines += [f"skipped: {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def _environment(device: str) -> Dict[str, str]:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
+    for name in ("timm", "keras"):
+        try:
+            env[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            env[name] = "absent"
+    for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_pair(
+    candidate: Callable[[], object],
+    reference: Callable[[], object],
+    rounds: int,
+    min_run_time: float,
+    device: str = "cpu",
+) -> Tuple[float, float, float]:
+    """Median ms of each, and the median per-round ratio, timing the two alternately."""
+    from torch.utils.benchmark import Timer
+
+    def measure(fn: Callable[[], object]) -> float:
+        def stmt() -> None:
+            fn()
+            _sync(device)
+
+        return Timer("stmt()", globals={"stmt": stmt}).blocked_autorange(min_run_time=min_run_time).median
+
+    for fn in (candidate, reference):
+        fn()
+        _sync(device)
+    cand, ref = [], []
+    for r in range(rounds):
+        # Alternate who goes first so that drift within a round favours neither.
+        order = (candidate, reference) if r % 2 == 0 else (reference, candidate)
+        times = {id(fn): measure(fn) for fn in order}
+        cand.append(times[id(candidate)])
+        ref.append(times[id(reference)])
+    ratio = statistics.median(c / r for c, r in zip(cand, ref))
+    return statistics.median(cand) * 1e3, statistics.median(ref) * 1e3, ratio
+
+
+class _HandResidual(nn.Module):
+    """What a user writes by hand: ``body(x) + x``."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x) + x
+
+
+def _no_grad(module: nn.Module, x: Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return module(x)
+
+    return run
+
+
+def _layer_pairs(c: int, size: int, batch: int, device: str) -> List[Tuple[str, str, str, nn.Module, nn.Module, float]]:
+    """(case, candidate, reference, tb module, hand-written module with the same weights, target)."""
+    sep = tb.SeparableConv2d(c, c, 3, padding="same")
+    hand_sep = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), nn.Conv2d(c, c, 1))
+    hand_sep.load_state_dict({"0.weight": sep.depthwise.weight, "1.weight": sep.pointwise.weight, "1.bias": sep.pointwise.bias})
+    conv = tb.Conv2d(c, c, 3, padding="same")
+    hand_conv = nn.Conv2d(c, c, 3, padding=1)
+    hand_conv.load_state_dict(conv.state_dict())
+    bn = tb.BatchNorm(c)
+    hand_bn = nn.BatchNorm2d(c)
+    hand_bn.load_state_dict(bn.bn.state_dict())
+    body = nn.Conv2d(c, c, 3, padding=1)
+    res = tb.Residual(body)
+    hand_res = _HandResidual(body)
+    pairs = [
+        ("SeparableConv2d same s1 (eager)", "tb.SeparableConv2d", "nn.Sequential(dw, pw)", sep, hand_sep, 1.03),
+        ("Conv2d same s1 (eager)", "tb.Conv2d", "nn.Conv2d(padding=1)", conv, hand_conv, 1.03),
+        ("BatchNorm eval (eager)", "tb.BatchNorm", "nn.BatchNorm2d", bn, hand_bn, 1.03),
+        ("Residual identity (eager)", "tb.Residual", "body(x) + x", res, hand_res, 1.03),
+    ]
+    return [(n, a, b, m1.to(device).eval(), m2.to(device).eval(), t) for n, a, b, m1, m2, t in pairs]
+
+
+def bench_layers(report: Report, quick: bool, rounds: int, min_run_time: float) -> None:
+    device = report.device
+    c, size, batch = (32, 16, 2) if quick else (128, 56, 8)
+    x = torch.randn(batch, c, size, size, device=device)
+    for name, cand, ref, m1, m2, target in _layer_pairs(c, size, batch, device):
+        a, b, ratio = time_pair(_no_grad(m1, x), _no_grad(m2, x), rounds, min_run_time, device)
+        report.cases.append(Case(f"{name} C={c} {size}² N={batch}", cand, ref, a, b, ratio, target))
+    try:
+        from timm.layers import create_conv2d
+    except ImportError:
+        report.skipped.append("Conv2d same s2 vs timm: timm not installed (pip install 'torchblocks[bench]')")
+        return
+    for size2 in (size, size + 1):
+        ours = tb.Conv2d(c, c, 3, 2, "same").to(device).eval()
+        theirs = create_conv2d(c, c, 3, stride=2, padding="same", bias=True).to(device).eval()
+        theirs.load_state_dict(ours.state_dict())
+        x2 = torch.randn(batch, c, size2, size2, device=device)
+        a, b, ratio = time_pair(_no_grad(ours, x2), _no_grad(theirs, x2), rounds, min_run_time, device)
+        parity = "symmetric pad" if size2 % 2 else "asymmetric pad"
+        report.cases.append(
+            Case(f"Conv2d same s2 C={c} {size2}² ({parity})", "tb.Conv2d", "timm create_conv2d same", a, b, ratio, 1.00)
+        )
+
+
+def _timm_xception(device: str) -> nn.Module:
+    import timm
+
+    return timm.create_model("legacy_xception", pretrained=False).to(device).eval()
+
+
+def bench_xception(report: Report, quick: bool, rounds: int, min_run_time: float) -> None:
+    device = report.device
+    size = 71 if quick else 299
+    x = torch.randn(1, 3, size, size, device=device)
+    model = tb.models.xception().to(device).eval()
+    fast = tb.optimize_for_inference(model, x)
+    with torch.no_grad():
+        err = (fast(x) - model(x)).abs().max().item()
+    eager = _no_grad(model, x)
+    a, b, ratio = time_pair(_no_grad(fast, x), eager, rounds, min_run_time, device)
+    report.cases.append(
+        Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "tb eager", a, b, ratio,
+             note=f"max |fast - eager| = {err:.2e}")
+    )
+    try:
+        timm_model = _timm_xception(device).to(memory_format=torch.channels_last)
+    except ImportError:
+        report.skipped.append("Xception vs timm: timm not installed (pip install 'torchblocks[bench]')")
+    else:
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        a, b, ratio = time_pair(_no_grad(fast, x), _no_grad(timm_model, x_cl), rounds, min_run_time, device)
+        report.cases.append(
+            Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "timm legacy_xception channels_last",
+                 a, b, ratio, 0.85)
+        )
+    if device == "cpu":
+        try:
+            keras_run = _keras_xception(size)
+        except ImportError:
+            report.skipped.append("Xception vs Keras: keras not installed (pip install 'torchblocks[bench]')")
+        else:
+            a, b, ratio = time_pair(_no_grad(fast, x), keras_run, max(1, rounds // 2), min_run_time, device)
+            report.cases.append(
+                Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "keras Xception (torch backend)",
+                     a, b, ratio, 0.25)
+            )
+
+
+def _keras_xception(size: int) -> Callable[[], object]:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    if keras.backend.backend() != "torch":
+        raise ImportError("keras must run on the torch backend (KERAS_BACKEND=torch) for this comparison")
+    model = keras.applications.Xception(weights=None, input_shape=(size, size, 3), classifier_activation=None)
+    x = torch.randn(1, size, size, 3)
+
+    def run() -> object:
+        with torch.no_grad():
+            return model(x, training=False)
+
+    return run
+
+
+def bench_training(report: Report, quick: bool, rounds: int, min_run_time: float) -> None:
+    device = report.device
+    try:
+        timm_model = _timm_xception(device)
+    except ImportError:
+        report.skipped.append("Xception training vs timm: timm not installed (pip install 'torchblocks[bench]')")
+        return
+    batch, size = (2, 71) if quick else (8, 160)
+    x = torch.randn(batch, 3, size, size, device=device)
+    target = torch.randint(0, 1000, (batch,), device=device)
+    ours = tb.models.xception().to(device).train()
+    timm_model.train()
+
+    def step_fn(model: nn.Module) -> Callable[[], object]:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step() -> object:
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), target)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step
+
+    a, b, ratio = time_pair(step_fn(ours), step_fn(timm_model), rounds, min_run_time, device)
+    report.cases.append(
+        Case(f"Xception train step N={batch} {size}²", "tb xception", "timm legacy_xception", a, b, ratio, 1.05)
+    )
+
+
+def bench_separable_saving(report: Report, quick: bool, rounds: int, min_run_time: float) -> None:
+    """Speed-up of SeparableConv2d over a standard Conv2d, against the MAC ratio."""
+    device = report.device
+    c, size, batch, k = (64, 14, 2, 3) if quick else (256, 56, 8, 3)
+    x = torch.randn(batch, c, size, size, device=device)
+    sep = tb.optimize_for_inference(tb.SeparableConv2d(c, c, k, padding="same").to(device).eval(), x)
+    std = tb.optimize_for_inference(tb.Conv2d(c, c, k, padding="same").to(device).eval(), x)
+    a, b, ratio = time_pair(_no_grad(sep, x), _no_grad(std, x), rounds, min_run_time, device)
+    theoretical = 1 / (1 / c + 1 / k**2)
+    speedup = 1 / ratio
+    report.cases.append(
+        Case(f"Separable vs standard C={c} k={k} {size}² N={batch}", "SeparableConv2d", "Conv2d", a, b,
+             speedup / theoretical, 0.60, higher_is_better=True,
+             note=f"measured speed-up {speedup:.2f}x of theoretical {theoretical:.2f}x (ratio column: fraction reached)")
+    )
+
+
+_PEAK_SCRIPT = r"""
+import gc, sys, torch
+torch.set_num_threads({threads})
+kind, size = sys.argv[1], int(sys.argv[2])
+x = torch.randn(1, 3, size, size)
+if kind == "timm":
+    import timm
+    run = timm.create_model("legacy_xception", pretrained=False).eval().to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+else:
+    import torchblocks as tb
+    run = tb.optimize_for_inference(tb.models.xception().eval(), x)
+with torch.no_grad():
+    run(x)
+gc.collect()
+import ctypes
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap, so both start from the loaded model
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+baseline = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM to the current RSS: the peak below is this inference's alone
+with torch.no_grad():
+    for _ in range(3):
+        run(x)
+print(baseline, status("VmHWM"))
+"""
+
+
+def peak_memory_mb(kind: str, size: int, threads: int) -> Tuple[float, float]:
+    """(RSS with the model loaded, peak RSS during three inferences) in MiB, in a fresh process.
+
+    Linux/glibc only. After one warm-up inference the freed heap is returned to the system
+    (``malloc_trim``) and the high-water mark reset through ``/proc/self/clear_refs``, so neither
+    the import of torch (whose libraries dominate a fresh process' RSS) nor the preparation of the
+    model masks the steady-state inference peak.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT.format(threads=threads), kind, str(size)],
+        capture_output=True, text=True, check=True, timeout=600,
+    ).stdout.split()
+    return int(out[-2]) / 1024, int(out[-1]) / 1024
+
+
+def bench_memory(report: Report, quick: bool) -> None:
+    if report.device != "cpu" or not sys.platform.startswith("linux"):
+        report.skipped.append("peak memory: measured on Linux CPUs only (process RSS)")
+        return
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        report.skipped.append("peak memory vs timm: timm not installed (pip install 'torchblocks[bench]')")
+        return
+    size = 71 if quick else 299
+    base_ours, peak_ours = peak_memory_mb("tb-fast", size, report.threads)
+    base_theirs, peak_theirs = peak_memory_mb("timm", size, report.threads)
+    extra_ours, extra_theirs = peak_ours - base_ours, peak_theirs - base_theirs
+    report.cases.append(
+        Case(f"Xception inference peak RSS growth N=1 {size}² (MiB)", "tb.optimize_for_inference",
+             "timm channels_last", extra_ours, extra_theirs, extra_ours / extra_theirs, 1.00,
+             note=f"columns: MiB of RSS above the loaded model during inference, not ms; peak RSS "
+                  f"{peak_ours:.0f} vs {peak_theirs:.0f} MiB")
+    )
+
+
+def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None) -> Report:
+    """Run every benchmark; ``quick`` shrinks sizes and repetitions to about a minute on 2 cores."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("Invalid value for argument `device`. CUDA is not available. Received device='cuda'.")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"Invalid value for argument `device`. Expected 'cpu' or 'cuda'. Received device={device!r}.")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    report = Report(device, torch.get_num_threads(), quick, _environment(device))
+    rounds, min_run_time = (2, 0.01) if quick else (7, 0.5)
+    bench_layers(report, quick, rounds, min_run_time)
+    bench_separable_saving(report, quick, rounds, min_run_time)
+    bench_xception(report, quick, rounds, min_run_time)
+    bench_training(report, quick, rounds, min_run_time)
+    bench_memory(report, quick)
+    return report
