@@ -7,15 +7,18 @@ here that figure is called MACs and ``flops = 2 * macs``. The cost of each op is
 from . import formulas
 from .counterpart import Comparison, compare, standard_counterpart
 from .counting import CountReport, count, measure_latency
+from .folding import FoldingSavings, folding_savings
 from .summary import Summary, SummaryRow, summary
 
 __all__ = [
     "Comparison",
     "CountReport",
+    "FoldingSavings",
     "Summary",
     "SummaryRow",
     "compare",
     "count",
+    "folding_savings",
     "formulas",
     "measure_latency",
     "standard_counterpart",
