@@ -216,7 +216,7 @@ def _summary(args: argparse.Namespace) -> int:
 
     from . import models
     from .analysis import summary
-    from .analysis.comparisons import default_input_shape
+    from .models import default_input_shape
 
     name = _model_name(args.model)
     shape = tuple(args.input_size) if args.input_size else default_input_shape(name)

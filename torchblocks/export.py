@@ -305,19 +305,11 @@ def add_export_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argu
     parser.add_argument("--out", required=True, help="output file")
     parser.add_argument("--format", default="torchscript", help=f"one of {', '.join(FORMATS)} (default torchscript)")
     parser.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), default=None,
-                        help="example input size (default: 3 299 299 for xception, 3 224 224 otherwise)")
+                        help="example input size (default: 3 64 64 for SeparableConvNet, 3 299 299 for xception, 3 224 224 otherwise)")
     parser.add_argument("--batch", type=int, default=2, help="example batch size (dynamic for exported/onnx)")
     parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs (model default if omitted)")
     parser.set_defaults(func=run_export)
     return parser
-
-
-def _default_size(name: str) -> Sequence[int]:
-    if name.startswith("xception"):
-        return (3, 299, 299)
-    if name.lower().startswith("separableconvnet"):
-        return (3, 64, 64)  # the book's input size
-    return (3, 224, 224)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -331,7 +323,7 @@ def run_export(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown model {args.model!r}; choose from {', '.join(models.MODEL_NAMES)}.")
         _writable(args.out)
         kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-        size = args.input_size or _default_size(args.model)
+        size = args.input_size or models.default_input_shape(args.model)
         if args.batch < 1 or any(s < 1 for s in size):
             raise ValueError(f"--batch and --input-size must be positive; received {args.batch} and {list(size)}.")
         model = models.get_model(args.model, **kwargs).eval()

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..conv import DepthwiseConv2d, SeparableConv2d
 from .counterpart import Comparison, compare, standard_counterpart
+from ..models import default_input_shape
 from .tables import Column, Table
 
 DEFAULT_CHANNELS = (32, 64, 128, 256, 512)
@@ -19,17 +20,7 @@ DEFAULT_KERNEL_SIZES = (3, 5, 7)
 DEFAULT_STRIDES = (1, 2)
 DEFAULT_LAYER_SIZE = (56, 56)
 DEFAULT_MODELS = ("SeparableConvNet", "xception", "resnet50")
-# Input (C, H, W) each model is usually run at: the book's 64×64, Keras Xception's 299×299,
-# ImageNet's 224×224 for the rest.
-_DEFAULT_INPUTS = {"separableconvnet": (3, 64, 64), "xception": (3, 299, 299)}
-IMAGENET_INPUT = (3, 224, 224)
-
 Shape = Tuple[int, ...]
-
-
-def default_input_shape(name: str) -> Shape:
-    """(C, H, W) at which the model called ``name`` is compared unless told otherwise."""
-    return _DEFAULT_INPUTS.get(name.lower(), IMAGENET_INPUT)
 
 
 def layer_name(channels: int, kernel_size: int, stride: int) -> str:

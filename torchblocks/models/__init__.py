@@ -4,7 +4,7 @@
 ``resnet18`` .. ``resnet152`` (torchvision layout and state-dict keys); look any of them up by name
 with :func:`get_model`.
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 from torch import nn
 
@@ -23,6 +23,16 @@ _MODELS: Dict[str, Callable[..., nn.Module]] = {
 }
 
 MODEL_NAMES = tuple(_MODELS)
+
+# Input (C, H, W) each model is usually run at: the book's 64×64, Keras Xception's 299×299,
+# ImageNet's 224×224 for the rest.
+_DEFAULT_INPUTS = {"separableconvnet": (3, 64, 64), "xception": (3, 299, 299)}
+IMAGENET_INPUT = (3, 224, 224)
+
+
+def default_input_shape(name: str) -> Tuple[int, int, int]:
+    """(C, H, W) at which the model called ``name`` is analysed and exported unless told otherwise."""
+    return _DEFAULT_INPUTS.get(name.lower(), IMAGENET_INPUT)
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
@@ -49,6 +59,7 @@ __all__ = [
     "ResNet",
     "SeparableConvNet",
     "Xception",
+    "default_input_shape",
     "get_model",
     "resnet101",
     "resnet152",
