@@ -14,12 +14,13 @@ import copy
 import os
 import sys
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-ExampleInputs = Union[Tensor, Tuple[Tensor, ...]]
+from ._checks import ExampleInputs, as_input_tuple, check_module
+
 PathArg = Union[str, "os.PathLike[str]"]
 
 METHODS = ("script", "trace")
@@ -31,29 +32,9 @@ _EXACT_TOL = 1e-5
 _KERNEL_TOL = 1e-4
 
 
-def _as_tuple(example_inputs: Optional[ExampleInputs], name: str = "example_inputs") -> Tuple[Tensor, ...]:
-    """A tuple of tensors from a tensor or a tuple/list of tensors."""
-    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else example_inputs
-    if not isinstance(inputs, (tuple, list)) or not inputs or not all(isinstance(t, Tensor) for t in inputs):
-        raise TypeError(
-            f"Invalid type for argument `{name}`. Expected a tensor or a tuple of tensors. "
-            f"Received {name}={example_inputs!r}."
-        )
-    return tuple(inputs)
-
-
-def _check_module(model: object) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"Invalid type for argument `model`. Expected an nn.Module. "
-            f"Received model={model!r} of type {type(model).__name__}."
-        )
-    return model
-
-
 def inference_copy(model: nn.Module) -> nn.Module:
     """An eval-mode deep copy of ``model``; warns when ``model`` itself is in training mode."""
-    _check_module(model)
+    check_module(model)
     if model.training:
         warnings.warn(
             f"{type(model).__name__} is in training mode; exporting an eval-mode copy (BatchNorm "
@@ -141,7 +122,7 @@ def to_torchscript(
     """
     if method not in METHODS:
         raise ValueError(f"Invalid value for argument `method`. Expected one of {METHODS}. Received method={method!r}.")
-    inputs = None if example_inputs is None else _as_tuple(example_inputs)
+    inputs = None if example_inputs is None else as_input_tuple(example_inputs, "example_inputs")
     if method == "trace" and inputs is None:
         raise ValueError("Invalid value for argument `example_inputs`. method='trace' needs example inputs. Received example_inputs=None.")
     path = None if path is None else _writable(path)
@@ -211,7 +192,7 @@ def to_exported(
     """
     if example_inputs is None:
         raise ValueError("Invalid value for argument `example_inputs`. torch.export needs example inputs. Received example_inputs=None.")
-    inputs = _batch_of_two(_as_tuple(example_inputs))
+    inputs = _batch_of_two(as_input_tuple(example_inputs, "example_inputs"))
     path = None if path is None else _writable(path)
     eager = inference_copy(model)
     name = type(model).__name__
@@ -260,7 +241,7 @@ def to_onnx(
         The saved ``onnx.ModelProto``.
     """
     onnx, onnxruntime = _onnx_modules()
-    inputs = _batch_of_two(_as_tuple(example_inputs))
+    inputs = _batch_of_two(as_input_tuple(example_inputs, "example_inputs"))
     path = _writable(path)
     eager = inference_copy(model)
     name = type(model).__name__

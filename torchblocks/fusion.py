@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .conv import SeparableConv2d
-from .export import ExampleInputs, _as_tuple, _check_module, verify
+from ._checks import ExampleInputs, as_input_tuple, check_module
+from .export import verify
 from .linear import Dense
 from .norm import BatchNorm
 from .pooling import AvgPool2d, MaxPool2d
@@ -123,7 +124,7 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     float32 round-off. The model must be ``torch.fx``-traceable at the layer level; ``model``
     itself is not changed.
     """
-    _check_module(model)
+    check_module(model)
     fused = copy.deepcopy(model).eval()
     try:
         pairs = conv_bn_pairs(fused)
@@ -211,8 +212,8 @@ def optimize_for_inference(
     Returns:
         A callable module; outputs match ``model.eval()`` to the tolerance.
     """
-    _check_module(model)
-    inputs = _as_tuple(example_inputs)
+    check_module(model)
+    inputs = as_input_tuple(example_inputs, "example_inputs")
     eager = copy.deepcopy(model).eval()
     candidates = inference_candidates(eager)
     choice = _DEFAULT_METHOD if method == "auto" else method

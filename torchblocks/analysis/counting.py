@@ -9,14 +9,15 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Tuple, Union
+from typing import Dict, Iterator, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .._checks import ExampleInputs as Inputs
+from .._checks import as_input_tuple, check_module
 from .handlers import FlopCountAnalysis, op_handles
 
-Inputs = Union[Tensor, Tuple[Tensor, ...]]
 
 DEFAULT_WARMUP = 2
 
@@ -86,27 +87,6 @@ class CountReport:
             "note": self.note,
             "input_shapes": [list(s) for s in self.input_shapes],
         }
-
-
-def as_input_tuple(inputs: Inputs, name: str = "inputs") -> Tuple[Tensor, ...]:
-    """Normalise a tensor or a tuple of tensors to a tuple, raising ``TypeError`` otherwise."""
-    if isinstance(inputs, Tensor):
-        return (inputs,)
-    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, Tensor) for t in inputs):
-        return tuple(inputs)
-    raise TypeError(
-        f"Invalid type for argument `{name}`. Expected a Tensor or a non-empty tuple of Tensors. "
-        f"Received {name} of type {type(inputs).__name__}."
-    )
-
-
-def _check_model(model: object) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"Invalid type for argument `model`. Expected an nn.Module. "
-            f"Received model of type {type(model).__name__}."
-        )
-    return model
 
 
 def parameter_counts(model: nn.Module) -> Tuple[int, int, int]:
@@ -213,7 +193,7 @@ def count(
         TypeError: ``model`` is not a module or ``inputs`` not tensors.
         RuntimeError: fvcore cannot trace the model (one-line message).
     """
-    model = _check_model(model)
+    model = check_module(model)
     args = as_input_tuple(inputs)
     trainable, frozen, buffers = parameter_counts(model)
     shapes = tuple(tuple(t.shape) for t in args)
@@ -251,7 +231,7 @@ def measure_latency(
     ``max_seconds`` have been spent and at least 3 calls are timed. The model's modes are
     restored. Times whatever device the model and inputs are on (synchronising CUDA).
     """
-    model = _check_model(model)
+    model = check_module(model)
     args = as_input_tuple(inputs)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"Invalid value for argument `warmup`. Expected an int >= 0. Received warmup={warmup!r}.")
