@@ -125,3 +125,18 @@ def make_input(shape, dtype=torch.float32, seed: int = 1) -> torch.Tensor:
     """A reproducible standard-normal input of ``shape``."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=generator, dtype=dtype)
+
+
+def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Eval-mode model whose BatchNorm statistics are those of a real batch (momentum 1)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(torch.cat([x, torch.randn_like(x)]))
+        for bn in norms:
+            bn.momentum = 0.1
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return model.eval()

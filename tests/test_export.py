@@ -19,6 +19,7 @@ import torchblocks as tb
 from torchblocks import export as tbe
 from torchblocks import models
 from torchblocks.cli import main as cli_main
+from reliability_cases import calibrate
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 
@@ -64,19 +65,6 @@ def _public_module_names():
     )
 
 
-def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Eval-mode model whose BatchNorm statistics are those of a real batch (momentum 1)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(torch.cat([x, torch.randn_like(x)]))
-        for bn in norms:
-            bn.momentum = 0.1
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 def _layer(name):

@@ -10,28 +10,15 @@ from collections import OrderedDict
 import pytest
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 import torchblocks as tb
 from torchblocks import models
 from torchblocks.fusion import conv_bn_pairs, inference_candidates
+from reliability_cases import calibrate
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Eval-mode model whose BatchNorm statistics are those of a real batch (momentum 1)."""
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    for bn in norms:
-        bn.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(torch.cat([x, torch.randn_like(x)]))
-        for bn in norms:
-            bn.momentum = 0.1
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 def count_bn(model: nn.Module) -> int:
