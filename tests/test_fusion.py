@@ -4,6 +4,8 @@ The oracle is the eval-mode model with BatchNorm statistics from a real batch an
 parameters; expected BatchNorm counts follow from each model's structure (Keras Xception has 40
 BatchNormalization layers, torchvision's ResNet-18 20, ResNet-50 53).
 """
+import copy
+import io
 import warnings
 from collections import OrderedDict
 
@@ -13,7 +15,7 @@ from torch import nn
 
 import torchblocks as tb
 from torchblocks import models
-from torchblocks.fusion import conv_bn_pairs, inference_candidates
+from torchblocks.fusion import _BLOCK_BYTES, BlockedSeparable, PackedConv2d, conv_bn_pairs, inference_candidates, relu_plan
 from reliability_cases import calibrate
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -175,7 +177,7 @@ def test_fuse_bn_on_models(name):
     assert params(fused) < params(model)
 
 
-FAST_PATHS = ["eager", "fuse_bn", "fuse_bn+channels_last", "frozen_torchscript", "channels_last+frozen_torchscript"]
+FAST_PATHS = ["eager", "fuse_bn", "fuse_bn+channels_last", "fuse_bn+channels_last+packed", "frozen_torchscript", "channels_last+frozen_torchscript"]
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +215,7 @@ def test_optimize_for_inference_rejects_unknown_path(small_net):
 
 
 def test_inference_candidates_are_the_documented_ones():
-    assert sorted(inference_candidates(nn.Identity())) == sorted(FAST_PATHS + ["compile", "channels_last+compile"])
+    assert sorted(inference_candidates(nn.Identity(), (torch.zeros(1),))) == sorted(FAST_PATHS + ["compile", "channels_last+compile"])
 
 
 @pytest.mark.slow
@@ -225,3 +227,162 @@ def test_optimize_for_inference_compiled_path(small_net):
         optimized = tb.optimize_for_inference(model, x, method="compile")
     with torch.no_grad():
         torch.testing.assert_close(optimized(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+# conv -> (packing input size, another input size): the packed weight is laid out for the first,
+# and must give the same values on the second.
+PACKABLE = {
+    "same_s1": (lambda: tb.Conv2d(4, 6, 3, padding="same"), (1, 4, 9, 9), (3, 4, 7, 10)),
+    "valid_s2_dilated": (lambda: tb.Conv2d(4, 6, 3, 2, dilation=2), (2, 4, 11, 11), (1, 4, 14, 9)),
+    "depthwise_m2": (lambda: tb.DepthwiseConv2d(4, 3, 1, "same", depth_multiplier=2), (1, 4, 8, 8), (2, 4, 5, 6)),
+    "torch_grouped_nobias": (lambda: nn.Conv2d(4, 6, 1, groups=2, bias=False), (1, 4, 6, 6), (2, 4, 3, 5)),
+}
+
+
+def _packed(name, relu=False):
+    make, size, other = PACKABLE[name]
+    torch.manual_seed(0)
+    conv = make().eval()
+    return conv, PackedConv2d(conv, list(size), relu=relu), torch.randn(size), torch.randn(other)
+
+
+def _close(actual, expected, rtol=1e-5):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("name", sorted(PACKABLE))
+def test_packed_conv_matches_the_conv_at_any_size(name, relu):
+    conv, packed, x, other = _packed(name, relu)
+    assert packed.onednn  # CPU float32 with oneDNN: the packed path is the one under test
+    with torch.no_grad():
+        for inp in (x, other, other.contiguous(memory_format=torch.channels_last)):
+            expected = conv(inp).relu() if relu else conv(inp)
+            _close(packed(inp), expected)
+
+
+def test_packed_conv_keeps_only_the_packed_weight_and_round_trips():
+    conv, packed, x, _ = _packed("same_s1", relu=True)
+    assert packed.packed.is_mkldnn and [n for n, _ in packed.named_buffers()] == ["bias"]
+    state = packed.state_dict()
+    assert list(state) == ["bias", "weight"] and torch.equal(state["weight"], conv.weight.detach())
+    buffer = io.BytesIO()
+    torch.save(packed, buffer)
+    buffer.seek(0)
+    copies = [copy.deepcopy(packed), torch.load(buffer, weights_only=False), torch.jit.script(packed)]
+    fresh = PackedConv2d(tb.Conv2d(4, 6, 3, padding="same"), [1, 4, 9, 9], relu=True)
+    assert str(fresh.load_state_dict(state)) == "<All keys matched successfully>"
+    with torch.no_grad():
+        expected = packed(x)
+        for other in copies + [fresh]:
+            torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
+
+
+def test_packed_conv_in_float64_runs_the_plain_conv_and_repacks_in_float32():
+    conv, packed, x, _ = _packed("valid_s2_dilated")
+    double = copy.deepcopy(packed).double()
+    assert not double.onednn and double.packed.dtype == torch.float64
+    with torch.no_grad():
+        torch.testing.assert_close(double(x.double()), conv.double()(x.double()), rtol=1e-12, atol=1e-12)
+        single = double.float()
+        assert single.onednn and single.packed.is_mkldnn
+        torch.testing.assert_close(single(x), packed(x), rtol=0, atol=0)
+
+
+def test_packed_conv_failed_load_leaves_it_unchanged():
+    _, packed, x, _ = _packed("same_s1")
+    with torch.no_grad():
+        before = packed(x)
+        with pytest.raises(RuntimeError, match=r"size mismatch for weight: copying a param with shape \(3, 3\)"):
+            packed.load_state_dict({"weight": torch.zeros(3, 3), "bias": torch.zeros(6)})
+        torch.testing.assert_close(packed(x), before, rtol=0, atol=0)
+
+
+def test_packed_conv_needs_a_static_zero_padding():
+    with pytest.raises(ValueError, match=r"argument `conv`.*static zero padding.*padding='same'"):
+        PackedConv2d(nn.Conv2d(4, 4, 3, padding="same"), [1, 4, 8, 8])
+    with pytest.raises(ValueError, match=r"padding_mode='reflect'"):
+        PackedConv2d(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), [1, 4, 8, 8])
+
+
+def test_packed_conv_names_the_layer_on_a_wrong_input():
+    _, packed, _, _ = _packed("depthwise_m2")
+    with pytest.raises(ValueError, match=r"DepthwiseConv2d expects \(N, 4, H, W\) input"):
+        packed(torch.randn(1, 5, 8, 8))
+
+
+class ReluCases(nn.Module):
+    """One ReLU of each kind ``relu_plan`` tells apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = tb.Conv2d(4, 4, 3, padding="same")
+        self.bn = nn.Identity()  # a folded BatchNorm: looked through
+        self.fused = nn.ReLU()  # only reader of the conv output: fused into the conv
+        self.other = tb.Conv2d(4, 4, 1)
+        self.inplace = nn.ReLU()  # only reader of a sum: in place
+        self.shared_input = nn.ReLU()  # its input feeds the sum too: left alone
+        self.twice = nn.ReLU()  # called twice: left alone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fused(self.bn(self.conv(x)))
+        s = self.other(y)
+        z = self.shared_input(s) + s
+        return self.twice(self.twice(self.inplace(z + x)))
+
+
+def test_relu_plan_fuses_or_runs_in_place_only_the_sole_readers():
+    assert relu_plan(ReluCases()) == ({"conv": "fused"}, ["inplace"])
+
+
+def test_relu_plan_keeps_keras_shortcuts_reading_the_pre_relu_input():
+    # Keras' identity block: the shortcut reads x before the block's leading ReLU.
+    block = tb.Residual(_seq(nn.ReLU(), tb.SeparableConv2d(4, 4, 3, padding="same"), tb.BatchNorm(4), nn.ReLU()))
+    # The leading ReLU (l0) stays out of place; the last one, sole reader of the conv, is fused.
+    assert relu_plan(tb.fuse_bn(block)) == ({"body.l1.pointwise": "body.l3"}, [])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tb.SeparableConv2d(8, 12, 3, 1, "same"),
+    lambda: tb.SeparableConv2d(8, 12, 3, 2, "same", depth_multiplier=2, activation="relu6"),
+    lambda: tb.SeparableConv2d(8, 12, 5, 2, "valid", bias=False),
+])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_blocked_separable_equals_the_layer_in_any_number_of_blocks(make, batch):
+    torch.manual_seed(0)
+    layer = make().eval()
+    x = torch.randn(batch, 8, 13, 13)
+    optimized = tb.optimize_for_inference(layer, x)
+    assert isinstance(optimized, BlockedSeparable) and isinstance(optimized.pointwise, PackedConv2d)
+    with torch.no_grad():
+        expected = layer(x)
+        for block_bytes in (_BLOCK_BYTES, 1, 2 * x[0].numel() * 4):  # 1 or 2 samples per block
+            optimized.block_bytes = block_bytes
+            _close(optimized(x), expected)
+
+
+# model -> (input shape, convs, SeparableConv2d layers, ReLUs fused into a conv, ReLUs in place,
+# ReLUs left as they are). Xception: 2 stem + 4 shortcut + 2 x 34 separable convs; the ReLU
+# opening each of its 11 identity-shortcut blocks reads the shortcut's input and stays. ResNet-18:
+# 17 + 3 shortcut convs; each block's ReLU after the sum runs in place.
+PACKED_MODELS = {
+    "xception": ((1, 3, 71, 71), 74, 34, 24, 0, 11),
+    "resnet18": ((2, 3, 32, 32), 20, 0, 9, 8, 0),
+}
+
+
+@pytest.mark.parametrize("name", [n for n in PACKED_MODELS if n in models.MODEL_NAMES])
+def test_default_path_packs_every_conv_of_the_models(name):
+    shape, convs, separables, fused_relus, inplace_relus, kept_relus = PACKED_MODELS[name]
+    x = torch.randn(shape)
+    model = calibrate(models.get_model(name, num_classes=10), x)
+    optimized = tb.optimize_for_inference(model, x)
+    kinds = [type(m) for m in optimized.modules()]
+    assert (kinds.count(PackedConv2d), kinds.count(BlockedSeparable)) == (convs, separables)
+    assert sum(m.relu for m in optimized.modules() if isinstance(m, PackedConv2d)) == fused_relus
+    relus = [m.inplace for m in optimized.modules() if isinstance(m, nn.ReLU)]
+    assert (relus.count(True), relus.count(False)) == (inplace_relus, kept_relus)
+    with torch.no_grad():
+        expected = model(x)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last), torch.randn(shape)):
+            _close(optimized(inp), model(inp), rtol=1e-4)

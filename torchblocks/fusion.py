@@ -5,17 +5,25 @@ channels-first BatchNorm whose only input is a convolution whose output feeds no
 the BN's affine transform into that convolution's weight and bias, and replaces the BN by
 ``nn.Identity`` in a deep copy. The copy keeps the original module classes and forward code, so it
 still scripts, traces and exports like the original.
+
+``optimize_for_inference`` goes further on the copy it returns: every ``SeparableConv2d`` becomes a
+``BlockedSeparable`` (depthwise conv and pointwise GEMM run a cache-sized block at a time, with a
+ReLU that only reads the layer's output fused in) and the other ReLUs whose input nothing else
+reads run in place.
 """
 import copy
+import operator
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.jit import Final
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .conv import SeparableConv2d
+from .conv import Conv2d, DepthwiseConv2d, SeparableConv2d, check_nchw
 from ._checks import ExampleInputs, as_input_tuple, check_module
 from .export import verify
 from .linear import Dense
@@ -83,6 +91,20 @@ def _real_users(node: torch.fx.Node) -> List[torch.fx.Node]:
     return [u for u in node.users if not (u.op == "call_function" and u.target in _SHAPE_ONLY_CALLS)]
 
 
+def _trace(model: nn.Module) -> Optional[Tuple[torch.fx.Graph, Dict[str, int]]]:
+    """The layer-level fx graph of ``model`` and how often each submodule is called in it, or
+    None when ``model`` is itself a leaf layer."""
+    tracer = _LayerTracer()
+    if tracer.is_leaf_module(model, ""):
+        return None
+    graph = tracer.trace(model)
+    calls: Dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return graph, calls
+
+
 def conv_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     """Qualified names ``(conv, bn)`` of the BatchNorms ``fuse_bn`` folds into a conv.
 
@@ -90,14 +112,10 @@ def conv_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     output of a conv without activation, that output feeds nothing else, and each module is called
     exactly once in the forward pass.
     """
-    tracer = _LayerTracer()
-    if tracer.is_leaf_module(model, ""):
+    traced = _trace(model)
+    if traced is None:
         return []  # a single layer: no conv -> BN pair inside
-    graph = tracer.trace(model)
-    calls: Dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    graph, calls = traced
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or _bn_stats(model.get_submodule(node.target)) is None:
@@ -138,6 +156,271 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     return fused
 
 
+def _onednn_packing_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class PackedConv2d(nn.Module):
+    """Inference form of an ``nn.Conv2d`` on CPU: the weight pre-packed for oneDNN, a ReLU fused.
+
+    (N, C_in, H, W) -> (N, C_out, H', W'), channels-last. Eager ``nn.Conv2d`` hands oneDNN a plain
+    weight, which it reorders into its blocked layout on every call; here the weight is reordered
+    once, for the input size seen at construction (other sizes run too, with the same values), and
+    only the packed copy is kept. A following ReLU becomes a oneDNN post-op instead of a second pass
+    over the output. ``state_dict``, ``deepcopy``, pickling and ``.to()`` see the plain weight
+    (unpacked on demand, exactly); on another device or dtype the layer runs ``F.conv2d`` instead.
+
+    Args:
+        conv: the convolution (static zero padding; copied, left untouched).
+        input_size: the (N, C, H, W) it will see, for oneDNN's choice of layout.
+        relu: fuse a ReLU applied to the conv's output.
+    """
+
+    relu: Final[bool]
+    in_channels: Final[int]
+    layer_name: Final[str]
+
+    def __init__(self, conv: nn.Conv2d, input_size: List[int], relu: bool = False) -> None:
+        super().__init__()
+        if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
+            raise ValueError(
+                f"Invalid value for argument `conv`. PackedConv2d needs a static zero padding. "
+                f"Received conv with padding={conv.padding!r}, padding_mode={conv.padding_mode!r}."
+            )
+        weight = conv.weight.detach()
+        self.register_buffer("bias", weight.new_zeros(weight.shape[0]) if conv.bias is None else conv.bias.detach().clone())
+        self.stride: List[int] = list(conv.stride)
+        self.padding: List[int] = list(conv.padding)
+        self.dilation: List[int] = list(conv.dilation)
+        self.groups = conv.groups
+        self.in_channels = conv.in_channels
+        self.layer_name = getattr(conv, "layer_name", type(conv).__name__)
+        self.relu = relu
+        self.input_size: List[int] = list(input_size)
+        self._set_weight(weight)
+
+    def _set_weight(self, weight: Tensor) -> None:
+        """Keep ``weight`` packed for oneDNN where it runs there (CPU float32), else as it is."""
+        self.onednn = weight.device.type == "cpu" and weight.dtype == torch.float32 and _onednn_packing_available()
+        if self.onednn:
+            weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, self.input_size
+            )
+        self.packed = weight
+
+    @property
+    def weight(self) -> Tensor:
+        """The plain (C_out, C_in / groups, kh, kw) weight."""
+        return self.packed.to_dense() if self.packed.is_mkldnn else self.packed
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
+        check_nchw(x, self.in_channels, self.layer_name)
+        if self.onednn:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                "relu" if self.relu else "none", [], "",
+            )
+        y = F.conv2d(x, self.packed, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.relu(y) if self.relu else y
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # The opaque oneDNN tensor has no storage to convert: convert the plain weight, repack.
+        super()._apply(fn, recurse)
+        self._set_weight(fn(self.weight))
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.weight
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+        weight = state_dict.get(prefix + "weight")
+        if weight is None:
+            missing_keys.append(prefix + "weight")
+        elif weight.shape != self.packed.shape:
+            error_msgs.append(
+                f"size mismatch for {prefix}weight: copying a param with shape {tuple(weight.shape)}, "
+                f"the shape in current model is {tuple(self.packed.shape)}."
+            )
+            return  # nothing of this layer is loaded
+        rest = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
+        errors = len(error_msgs)
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if weight is not None and len(error_msgs) == errors:
+            self._set_weight(weight.detach().to(self.bias.dtype).clone())
+
+    def __getstate__(self) -> Dict[str, object]:
+        state = self.__dict__.copy()
+        state["packed"] = self.weight
+        return state
+
+    def __setstate__(self, state: Dict[str, object]) -> None:
+        super().__setstate__(state)
+        self._set_weight(self.packed)
+
+    def extra_repr(self) -> str:
+        c_out, c_in = self.packed.shape[0], self.packed.shape[1] * self.groups
+        return (
+            f"{c_in}, {c_out}, kernel_size={tuple(self.packed.shape[2:])}, stride={tuple(self.stride)}, "
+            f"padding={tuple(self.padding)}, groups={self.groups}, relu={self.relu}"
+        )
+
+
+# Largest input block BlockedSeparable runs its depthwise and pointwise convs on at once.
+_BLOCK_BYTES = 4 << 20
+
+
+class BlockedSeparable(nn.Module):
+    """Inference form of a ``SeparableConv2d``: its two convs run a few samples at a time.
+
+    (N, C_in, H, W) -> (N, C_out, H', W'). Run whole at a large batch, the depthwise output is one
+    buffer of tens of MiB that glibc returns to the kernel after each call and page-faults in again
+    on the next (11,888 minor faults per call at N = 8, C = 256, 56×56: a third of the layer's
+    time). Here both convs run on blocks of samples whose input is at most 4 MiB, so the depthwise
+    output stays in the last-level cache until the pointwise conv reads it, and is served from the
+    heap again on the next call; the block outputs are joined once. A batch that fits in one block
+    runs the two convs as they are.
+
+    Args:
+        layer: the ``SeparableConv2d``, its convs possibly packed already (used as they are).
+    """
+
+    has_activation: Final[bool]
+    block_bytes: Final[int]
+
+    def __init__(self, layer: SeparableConv2d) -> None:
+        super().__init__()
+        self.depthwise = layer.depthwise
+        self.pointwise = layer.pointwise
+        self.act = layer.act
+        self.has_activation = layer.has_activation
+        self.block_bytes = _BLOCK_BYTES
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
+        n = x.shape[0]
+        step = max(1, self.block_bytes // max(1, x[0:1].numel() * x.element_size()))
+        if n <= step:
+            y = self.pointwise(self.depthwise(x))
+        else:
+            y = torch.cat([self.pointwise(self.depthwise(x[i:i + step])) for i in range(0, n, step)])
+        if self.has_activation:
+            y = self.act(y)
+        return y
+
+
+# Nodes whose output is a tensor of their own (not a view or the input itself), so that a ReLU that
+# is their only reader may overwrite it.
+_FRESH_OUTPUT_MODULES = (nn.Conv2d, nn.Linear, _BatchNorm, BatchNorm, MaxPool2d, AvgPool2d, Dense)
+_FRESH_OUTPUT_CALLS = (operator.add, torch.add)
+
+
+def _relu_source(node: torch.fx.Node, model: nn.Module) -> Optional[torch.fx.Node]:
+    """The node whose output ``node`` (a ReLU) would overwrite if made in-place, looking through
+    folded-BN ``nn.Identity`` nodes, or None where another node reads that output too."""
+    source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+    while isinstance(source, torch.fx.Node) and len(_real_users(source)) == 1:
+        if source.op == "call_module" and isinstance(model.get_submodule(source.target), nn.Identity):
+            source = source.args[0]
+            continue
+        return source
+    return None
+
+
+def _packable(module: nn.Module) -> bool:
+    return (
+        type(module) in (nn.Conv2d, Conv2d, DepthwiseConv2d)
+        and not getattr(module, "same_is_dynamic", False)
+        and not getattr(module, "has_activation", False)
+        and isinstance(module.padding, tuple)
+        and module.padding_mode == "zeros"
+        and module.weight.dtype == torch.float32
+        and module.weight.device.type == "cpu"
+    )
+
+
+def relu_plan(model: nn.Module) -> Tuple[Dict[str, str], List[str]]:
+    """Where ``optimize_for_inference`` fuses or runs ReLUs in place, by qualified name.
+
+    Returns ``({conv: relu}, [relu, ...])``. An ``nn.ReLU`` called once, whose input nothing else
+    reads (looking through ``nn.Identity``), is fused into the packable conv that produced it
+    (called once: a plain or torchblocks conv with static padding and no activation of its own,
+    e.g. the pointwise conv of a ``SeparableConv2d``), or else made in-place where that input is
+    a tensor of its own (a conv, dense, BN, pool or sum output). A ReLU whose input is also read
+    elsewhere, like a Keras block input that feeds the shortcut too, is left alone.
+    """
+    traced = _trace(model)
+    if traced is None:
+        return {}, []
+    graph, calls = traced
+    fused: Dict[str, str] = {}
+    inplace: List[str] = []
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1:
+            continue
+        relu = model.get_submodule(node.target)
+        if type(relu) is not nn.ReLU or relu.inplace:
+            continue
+        source = _relu_source(node, model)
+        if source is None:
+            continue
+        if source.op == "call_module" and calls[source.target] == 1:
+            producer = model.get_submodule(source.target)
+            if _packable(producer):
+                fused[source.target] = node.target
+            elif isinstance(producer, _FRESH_OUTPUT_MODULES):
+                inplace.append(node.target)
+        elif source.op == "call_function" and source.target in _FRESH_OUTPUT_CALLS:
+            inplace.append(node.target)
+    return fused, inplace
+
+
+def _conv_input_sizes(model: nn.Module, inputs: Tuple[Tensor, ...]) -> Dict[str, List[int]]:
+    """The input shape each packable conv of ``model`` sees on ``inputs`` (the last, if several)."""
+    sizes: Dict[str, List[int]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if _packable(module):
+            def record(module: nn.Module, args: Tuple[Tensor, ...], name: str = name) -> None:
+                sizes[name] = list(args[0].shape)
+
+            handles.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def pack_convs(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
+    """``model`` (an eval-mode copy, changed in place) with its convs pre-packed for oneDNN.
+
+    Every packable conv that ``inputs`` reach becomes a ``PackedConv2d``, with the ReLU of
+    ``relu_plan`` fused (that ReLU becomes ``nn.Identity``); the other ReLUs of the plan run in
+    place; every ``SeparableConv2d`` becomes a ``BlockedSeparable``. Without oneDNN (or for
+    non-float32 / non-CPU convs) only the ReLU and block changes apply.
+    """
+    if _packable(model):
+        return PackedConv2d(model, _conv_input_sizes(model, inputs)[""]) if _onednn_packing_available() else model
+    fused, inplace = relu_plan(model)
+    sizes = _conv_input_sizes(model, inputs) if _onednn_packing_available() else {}
+    for name, size in sizes.items():
+        relu = fused.get(name)
+        _set_submodule(model, name, PackedConv2d(model.get_submodule(name), size, relu=relu is not None))
+        if relu is not None:
+            _set_submodule(model, relu, nn.Identity())
+    for name in inplace:
+        model.get_submodule(name).inplace = True
+    if isinstance(model, SeparableConv2d):
+        return BlockedSeparable(model)
+    for name in [n for n, m in model.named_modules() if isinstance(m, SeparableConv2d)]:
+        _set_submodule(model, name, BlockedSeparable(model.get_submodule(name)))
+    return model
+
+
 class _ChannelsLast(nn.Module):
     """Runs ``inner`` on a channels-last copy of a 4-D input (the output values are the same)."""
 
@@ -165,15 +448,25 @@ def _compiled(model: nn.Module) -> nn.Module:
     return torch.compile(model, fullgraph=True, dynamic=False, options={"freezing": True})
 
 
-def inference_candidates(model: nn.Module) -> Dict[str, Callable[[], nn.Module]]:
+def _packed(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
+    model = model.to(memory_format=torch.channels_last)
+    packed = pack_convs(model, tuple(x.contiguous(memory_format=torch.channels_last) for x in inputs))
+    # A packed conv takes any memory format; a BlockedSeparable converts block by block, and a
+    # whole channels-last copy first would bring back the large buffer it avoids.
+    return packed if isinstance(packed, (PackedConv2d, BlockedSeparable)) else _ChannelsLast(packed)
+
+
+def inference_candidates(model: nn.Module, inputs: Tuple[Tensor, ...]) -> Dict[str, Callable[[], nn.Module]]:
     """Builders of the inference paths ``optimize_for_inference`` chooses from, by name.
 
-    ``model`` must already be an eval-mode copy (the builders fold and convert it).
+    ``model`` must already be an eval-mode copy (the builders fold and convert it); ``inputs`` are
+    the example inputs (the packed path records the size each conv sees).
     """
     return {
         "eager": lambda: model,
         "fuse_bn": lambda: fuse_bn(model),
         "fuse_bn+channels_last": lambda: _ChannelsLast(fuse_bn(model).to(memory_format=torch.channels_last)),
+        "fuse_bn+channels_last+packed": lambda: _packed(fuse_bn(model), inputs),
         "frozen_torchscript": lambda: _frozen(fuse_bn(model)),
         "channels_last+frozen_torchscript": lambda: _ChannelsLast(
             _frozen(fuse_bn(model).to(memory_format=torch.channels_last))
@@ -195,13 +488,17 @@ def optimize_for_inference(
 ) -> nn.Module:
     """The fastest exact CPU inference path for ``model``, checked against eager mode.
 
-    ``"auto"`` is ``"fuse_bn+channels_last"``: BatchNorm folded into the convs (``fuse_bn``) and
-    the weights and inputs in channels-last memory, in eager mode. Measured on 2 CPU threads
-    (torch 2.14.1, medians), Xception at batch 1, 299×299: eager 135 ms, fuse_bn 134,
-    fuse_bn+channels_last 102, frozen TorchScript 126, channels_last + frozen TorchScript 127,
-    ``torch.compile`` (inductor, freezing) 97, channels_last + compile 100. Compilation is 5% faster
-    but takes ~30 s and a C++ compiler on first use; pass ``method="compile"`` for long-running
-    servers. Inputs of any size work with every method but ``"compile"`` (recompiles per shape).
+    ``"auto"`` is ``"fuse_bn+channels_last+packed"``, in eager mode: BatchNorm folded into the
+    convs (``fuse_bn``), channels-last memory, every conv a ``PackedConv2d`` (weight pre-packed
+    for oneDNN for the example input's size, a ReLU that only reads its output fused in), the other
+    sole-reader ReLUs in place, and every ``SeparableConv2d`` a ``BlockedSeparable`` (a large
+    batch runs a cache-sized block of samples at a time). Measured on 2 CPU threads (torch 2.14.1,
+    calls interleaved, medians), Xception at batch 1, 299×299, relative to "auto": eager 1.51,
+    fuse_bn 1.45, fuse_bn+channels_last 1.14, frozen TorchScript 1.36, channels_last + frozen
+    TorchScript 1.36, ``torch.compile`` (inductor, freezing) 1.06, channels_last + compile 1.07.
+    Inputs of any size work with every method but ``"compile"`` (recompiles per shape); the packed
+    layout is chosen for the example's size. The result is for serving in this process: export
+    the model itself (``tb.export``), not the optimised copy.
 
     Args:
         model: the module (left untouched; an eval-mode copy is optimised).
@@ -215,7 +512,7 @@ def optimize_for_inference(
     check_module(model)
     inputs = as_input_tuple(example_inputs, "example_inputs")
     eager = copy.deepcopy(model).eval()
-    candidates = inference_candidates(eager)
+    candidates = inference_candidates(eager, inputs)
     choice = _DEFAULT_METHOD if method == "auto" else method
     if choice not in candidates:
         raise ValueError(
@@ -228,4 +525,4 @@ def optimize_for_inference(
     return optimized
 
 
-_DEFAULT_METHOD = "fuse_bn+channels_last"
+_DEFAULT_METHOD = "fuse_bn+channels_last+packed"
