@@ -322,17 +322,22 @@ class ReluCases(nn.Module):
         self.other = tb.Conv2d(4, 4, 1)
         self.inplace = nn.ReLU()  # only reader of a sum: in place
         self.shared_input = nn.ReLU()  # its input feeds the sum too: left alone
+        self.last = tb.Conv2d(4, 4, 1)
+        self.fused_inplace = nn.ReLU(inplace=True)  # in place already, still fused
         self.twice = nn.ReLU()  # called twice: left alone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fused(self.bn(self.conv(x)))
         s = self.other(y)
         z = self.shared_input(s) + s
-        return self.twice(self.twice(self.inplace(z + x)))
+        return self.twice(self.twice(self.fused_inplace(self.last(self.inplace(z + x)))))
 
 
 def test_relu_plan_fuses_or_runs_in_place_only_the_sole_readers():
-    assert relu_plan(ReluCases()) == ({"conv": "fused"}, ["inplace"])
+    assert relu_plan(ReluCases()) == ({"conv": "fused", "last": "fused_inplace"}, ["inplace"])
+    model, x = ReluCases().eval(), torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        _close(tb.optimize_for_inference(model, x)(x), model(x), rtol=1e-4)
 
 
 def test_relu_plan_keeps_keras_shortcuts_reading_the_pre_relu_input():

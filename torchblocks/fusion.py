@@ -163,10 +163,10 @@ def _onednn_packing_available() -> bool:
 class PackedConv2d(nn.Module):
     """Inference form of an ``nn.Conv2d`` on CPU: the weight pre-packed for oneDNN, a ReLU fused.
 
-    (N, C_in, H, W) -> (N, C_out, H', W'), channels-last. Eager ``nn.Conv2d`` hands oneDNN a plain
-    weight, which it reorders into its blocked layout on every call; here the weight is reordered
-    once, for the input size seen at construction (other sizes run too, with the same values), and
-    only the packed copy is kept. A following ReLU becomes a oneDNN post-op instead of a second pass
+    (N, C_in, H, W) -> (N, C_out, H', W'), channels-last from oneDNN. Eager ``nn.Conv2d`` hands
+    oneDNN a plain weight, which it reorders into its blocked layout on every call; here the weight
+    is reordered once, for the input size seen at construction (other sizes run too, with the same
+    values), and only the packed copy is kept. A following ReLU becomes a oneDNN post-op instead of a second pass
     over the output. ``state_dict``, ``deepcopy``, pickling and ``.to()`` see the plain weight
     (unpacked on demand, exactly); on another device or dtype the layer runs ``F.conv2d`` instead.
 
@@ -360,18 +360,16 @@ def relu_plan(model: nn.Module) -> Tuple[Dict[str, str], List[str]]:
         if node.op != "call_module" or calls[node.target] != 1:
             continue
         relu = model.get_submodule(node.target)
-        if type(relu) is not nn.ReLU or relu.inplace:
-            continue
-        source = _relu_source(node, model)
+        source = _relu_source(node, model) if type(relu) is nn.ReLU else None
         if source is None:
             continue
         if source.op == "call_module" and calls[source.target] == 1:
             producer = model.get_submodule(source.target)
             if _packable(producer):
                 fused[source.target] = node.target
-            elif isinstance(producer, _FRESH_OUTPUT_MODULES):
+            elif isinstance(producer, _FRESH_OUTPUT_MODULES) and not relu.inplace:
                 inplace.append(node.target)
-        elif source.op == "call_function" and source.target in _FRESH_OUTPUT_CALLS:
+        elif source.op == "call_function" and source.target in _FRESH_OUTPUT_CALLS and not relu.inplace:
             inplace.append(node.target)
     return fused, inplace
 
