@@ -188,7 +188,8 @@ class PackedConv2d(nn.Module):
                 f"Received conv with padding={conv.padding!r}, padding_mode={conv.padding_mode!r}."
             )
         weight = conv.weight.detach()
-        self.register_buffer("bias", weight.new_zeros(weight.shape[0]) if conv.bias is None else conv.bias.detach().clone())
+        bias = weight.new_zeros(weight.shape[0]) if conv.bias is None else conv.bias.detach().clone()
+        self.register_buffer("bias", bias)
         self.stride: List[int] = list(conv.stride)
         self.padding: List[int] = list(conv.padding)
         self.dilation: List[int] = list(conv.dilation)
@@ -234,7 +235,9 @@ class PackedConv2d(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "weight"] = self.weight
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         weight = state_dict.get(prefix + "weight")
         if weight is None:
             missing_keys.append(prefix + "weight")
