@@ -3,8 +3,9 @@ import json
 import math
 
 import pytest
+import torch
 
-from torchblocks.bench import Case
+from torchblocks.bench import Case, time_pair
 from torchblocks.cli import main
 
 CASE_FIELDS = {"name", "candidate", "reference", "candidate_ms", "reference_ms", "ratio", "target",
@@ -54,3 +55,15 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
 def test_bench_rejects_an_unknown_device(capsys):
     assert main(["bench", "--device", "tpu"]) == 2
     assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_time_pair_times_on_the_threads_the_run_reports():
+    # torch.utils.benchmark.Timer defaults to one thread: the run must keep the ones it states.
+    threads = torch.get_num_threads()
+    seen = set()
+    try:
+        torch.set_num_threads(2)
+        time_pair(lambda: seen.add(torch.get_num_threads()), lambda: None, rounds=2, min_run_time=0.001)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {2}

@@ -116,7 +116,9 @@ def time_pair(
             fn()
             _sync(device)
 
-        return Timer("stmt()", globals={"stmt": stmt}).blocked_autorange(min_run_time=min_run_time).median
+        # Timer runs stmt on 1 thread unless told otherwise: keep the threads the run reports.
+        timer = Timer("stmt()", globals={"stmt": stmt}, num_threads=torch.get_num_threads())
+        return timer.blocked_autorange(min_run_time=min_run_time).median
 
     for fn in (candidate, reference):
         fn()
