@@ -303,7 +303,7 @@ class BlockedSeparable(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
         n = x.shape[0]
-        step = max(1, self.block_bytes // max(1, x[0:1].numel() * x.element_size()))
+        step = max(1, self.block_bytes // max(1, x.numel() // max(1, n) * x.element_size()))
         if n <= step:
             y = self.pointwise(self.depthwise(x))
         else:
