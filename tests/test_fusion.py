@@ -15,6 +15,7 @@ from torch import nn
 
 import torchblocks as tb
 from torchblocks import models
+from torchblocks import fusion
 from torchblocks.fusion import _BLOCK_BYTES, BlockedSeparable, PackedConv2d, conv_bn_pairs, inference_candidates, relu_plan
 from reliability_cases import calibrate
 
@@ -366,24 +367,27 @@ def test_blocked_separable_equals_the_layer_in_any_number_of_blocks(make, batch)
             _close(optimized(x), expected)
 
 
-# model -> (input shape, convs, SeparableConv2d layers, ReLUs fused into a conv, ReLUs in place,
-# ReLUs left as they are). Xception: 2 stem + 4 shortcut + 2 x 34 separable convs; the ReLU
-# opening each of its 11 identity-shortcut blocks reads the shortcut's input and stays. ResNet-18:
-# 17 + 3 shortcut convs; each block's ReLU after the sum runs in place.
+# model -> (input shape, convs, ReLUs fused into a conv, ReLUs in place, ReLUs left as they are).
+# Xception: 2 stem + 4 shortcut + 2 x 34 separable convs; the ReLU opening each of its 11
+# identity-shortcut blocks reads the shortcut's input and stays. ResNet-18: 17 + 3 shortcut convs;
+# each block's ReLU after the sum runs in place. A batch of 1 fits in one block: no BlockedSeparable.
 PACKED_MODELS = {
-    "xception": ((1, 3, 71, 71), 74, 34, 24, 0, 11),
-    "resnet18": ((2, 3, 32, 32), 20, 0, 9, 8, 0),
+    "xception": ((1, 3, 71, 71), 74, 24, 0, 11),
+    "resnet18": ((2, 3, 32, 32), 20, 9, 8, 0),
 }
 
 
 @pytest.mark.parametrize("name", [n for n in PACKED_MODELS if n in models.MODEL_NAMES])
 def test_default_path_packs_every_conv_of_the_models(name):
-    shape, convs, separables, fused_relus, inplace_relus, kept_relus = PACKED_MODELS[name]
+    shape, convs, fused_relus, inplace_relus, kept_relus = PACKED_MODELS[name]
     x = torch.randn(shape)
     model = calibrate(models.get_model(name, num_classes=10), x)
     optimized = tb.optimize_for_inference(model, x)
+    assert isinstance(optimized, torch.fx.GraphModule)  # flattened: intermediates freed early
     kinds = [type(m) for m in optimized.modules()]
-    assert (kinds.count(PackedConv2d), kinds.count(BlockedSeparable)) == (convs, separables)
+    assert (kinds.count(PackedConv2d), kinds.count(BlockedSeparable)) == (convs, 0)
+    called = [optimized.get_submodule(n.target) for n in optimized.graph.nodes if n.op == "call_module"]
+    assert not any(isinstance(m, nn.Identity) for m in called)  # folded BNs and fused ReLUs are gone
     assert sum(m.relu for m in optimized.modules() if isinstance(m, PackedConv2d)) == fused_relus
     relus = [m.inplace for m in optimized.modules() if isinstance(m, nn.ReLU)]
     assert (relus.count(True), relus.count(False)) == (inplace_relus, kept_relus)
@@ -391,3 +395,30 @@ def test_default_path_packs_every_conv_of_the_models(name):
         expected = model(x)
         for inp in (x, x.contiguous(memory_format=torch.channels_last), torch.randn(shape)):
             _close(optimized(inp), model(inp), rtol=1e-4)
+
+
+def test_separable_layers_whose_batch_spans_blocks_run_blocked_inside_a_network():
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, 24, 24)  # 36 KiB a sample: 4 MiB blocks hold 113, so shrink the blocks below
+    net = _seq(tb.SeparableConv2d(16, 16, 3, padding="same"), tb.BatchNorm(16), nn.ReLU(),
+               tb.SeparableConv2d(16, 8, 3, 2, "valid"))
+    net = calibrate(net, x)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fusion, "_BLOCK_BYTES", 3 * 16 * 24 * 24 * 4)  # 3 samples a block
+        optimized = tb.optimize_for_inference(net, x)
+    blocked = [m for m in optimized.modules() if isinstance(m, BlockedSeparable)]
+    assert len(blocked) == 2 and blocked[0].pointwise.relu and not blocked[1].pointwise.relu
+    with torch.no_grad():
+        _close(optimized(x), net(x), rtol=1e-4)
+
+
+def test_default_path_scripts_copies_and_pickles(small_net):
+    model, x = small_net
+    optimized = tb.optimize_for_inference(model, x)
+    buffer = io.BytesIO()
+    torch.save(optimized, buffer)
+    buffer.seek(0)
+    with torch.no_grad():
+        expected = optimized(x)
+        for other in (torch.jit.script(optimized), copy.deepcopy(optimized), torch.load(buffer, weights_only=False)):
+            torch.testing.assert_close(other(x), expected, rtol=0, atol=0)

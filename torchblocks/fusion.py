@@ -29,10 +29,11 @@ from .export import verify
 from .linear import Dense
 from .norm import BatchNorm
 from .pooling import AvgPool2d, MaxPool2d
+from .models._layers import check_input_size
 from .residual import _check_same_shape
 
 # Calls that read a tensor's shape only: folding keeps shapes, so they may share a conv's output.
-_SHAPE_ONLY_CALLS = (_check_same_shape,)
+_SHAPE_ONLY_CALLS = (_check_same_shape, check_input_size)
 
 
 class _LayerTracer(torch.fx.Tracer):
@@ -42,7 +43,7 @@ class _LayerTracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, SeparableConv2d):
             return False
-        if isinstance(m, (nn.Conv2d, BatchNorm, _BatchNorm, MaxPool2d, AvgPool2d, Dense)):
+        if isinstance(m, (nn.Conv2d, BatchNorm, _BatchNorm, MaxPool2d, AvgPool2d, Dense, PackedConv2d, BlockedSeparable)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -396,19 +397,34 @@ def _conv_input_sizes(model: nn.Module, inputs: Tuple[Tensor, ...]) -> Dict[str,
     return sizes
 
 
+def _spans_blocks(layer: SeparableConv2d, input_size: Optional[List[int]]) -> bool:
+    """Whether a ``BlockedSeparable`` would run ``layer`` on the example input in several blocks."""
+    if input_size is None:
+        return False
+    n, per_sample = input_size[0], 4
+    for d in input_size[1:]:
+        per_sample *= d
+    return n > max(1, _BLOCK_BYTES // per_sample)
+
+
 def pack_convs(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
     """``model`` (an eval-mode copy, changed in place) with its convs pre-packed for oneDNN.
 
     Every packable conv that ``inputs`` reach becomes a ``PackedConv2d``, with the ReLU of
     ``relu_plan`` fused (that ReLU becomes ``nn.Identity``); the other ReLUs of the plan run in
-    place; every ``SeparableConv2d`` becomes a ``BlockedSeparable``. Without oneDNN (or for
-    non-float32 / non-CPU convs) only the ReLU and block changes apply.
+    place; a ``SeparableConv2d`` whose example batch spans several blocks becomes a
+    ``BlockedSeparable``. Without oneDNN (or for non-float32 / non-CPU convs) only the ReLU and
+    block changes apply.
     """
     if _packable(model):
         return PackedConv2d(model, _conv_input_sizes(model, inputs)[""]) if _onednn_packing_available() else model
     fused, inplace = relu_plan(model)
-    sizes = _conv_input_sizes(model, inputs) if _onednn_packing_available() else {}
-    for name, size in sizes.items():
+    sizes = _conv_input_sizes(model, inputs)
+    separables = [
+        name for name, m in model.named_modules()
+        if isinstance(m, SeparableConv2d) and _spans_blocks(m, sizes.get(f"{name}.depthwise" if name else "depthwise"))
+    ]
+    for name, size in (sizes.items() if _onednn_packing_available() else ()):
         relu = fused.get(name)
         _set_submodule(model, name, PackedConv2d(model.get_submodule(name), size, relu=relu is not None))
         if relu is not None:
@@ -417,9 +433,22 @@ def pack_convs(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
         model.get_submodule(name).inplace = True
     if isinstance(model, SeparableConv2d):
         return BlockedSeparable(model)
-    for name in [n for n, m in model.named_modules() if isinstance(m, SeparableConv2d)]:
+    for name in separables:
         _set_submodule(model, name, BlockedSeparable(model.get_submodule(name)))
     return model
+
+
+def flatten(model: nn.Module) -> nn.Module:
+    """``model`` as one ``torch.fx.GraphModule`` over its layers, without the folded-away
+    ``nn.Identity`` nodes. The generated forward drops each intermediate after its last use, where
+    nested ``nn.Sequential`` calls keep every block input alive until the block returns (Xception at
+    299×299: 36.9 MiB of tensors at the peak, as timm, against 26.3 MiB flattened)."""
+    graph = _LayerTracer().trace(model)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and isinstance(model.get_submodule(node.target), nn.Identity):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    return torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
 class _ChannelsLast(nn.Module):
@@ -449,12 +478,27 @@ def _compiled(model: nn.Module) -> nn.Module:
     return torch.compile(model, fullgraph=True, dynamic=False, options={"freezing": True})
 
 
+def _inputs_read_only_by_convs(model: nn.Module) -> bool:
+    """Whether every reader of ``model``'s inputs is a packable conv (which takes any layout)."""
+    traced = _trace(model)
+    if traced is None:
+        return _packable(model) or isinstance(model, SeparableConv2d)
+    graph, _ = traced
+    readers = [user for node in graph.nodes if node.op == "placeholder" for user in _real_users(node)]
+    return all(r.op == "call_module" and _packable(model.get_submodule(r.target)) for r in readers)
+
+
 def _packed(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
     model = model.to(memory_format=torch.channels_last)
+    convert_inputs = not (_onednn_packing_available() and _inputs_read_only_by_convs(model))
     packed = pack_convs(model, tuple(x.contiguous(memory_format=torch.channels_last) for x in inputs))
-    # A packed conv takes any memory format; a BlockedSeparable converts block by block, and a
-    # whole channels-last copy first would bring back the large buffer it avoids.
-    return packed if isinstance(packed, (PackedConv2d, BlockedSeparable)) else _ChannelsLast(packed)
+    if _trace(packed) is not None:
+        packed = flatten(packed)
+    # A packed conv reads any layout and writes channels-last; a channels-last copy of the input
+    # made first would stay alive for the whole call (+1 MiB at Xception's 299×299), and in front of
+    # a BlockedSeparable would bring back the large buffer it avoids.
+    layer = isinstance(packed, (PackedConv2d, BlockedSeparable))
+    return _ChannelsLast(packed) if convert_inputs and not layer else packed
 
 
 def inference_candidates(model: nn.Module, inputs: Tuple[Tensor, ...]) -> Dict[str, Callable[[], nn.Module]]:
