@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from torchblocks.bench import Case, time_pair
+from torchblocks.bench import Case, peak_tensor_mib, time_pair
 from torchblocks.cli import main
 
 CASE_FIELDS = {"name", "candidate", "reference", "candidate_ms", "reference_ms", "ratio", "target",
@@ -19,6 +19,7 @@ EXPECTED_CASES = (
     "Separable vs standard",
     "Xception inference N=1",
     "Xception train step",
+    "Xception inference peak tensor memory",
     "Xception inference peak RSS growth",
 )
 
@@ -67,3 +68,15 @@ def test_time_pair_times_on_the_threads_the_run_reports():
     finally:
         torch.set_num_threads(threads)
     assert seen == {2}
+
+
+def _allocates_three_mib_at_most() -> torch.Tensor:
+    a = torch.empty(2**18)  # 1 MiB
+    b = torch.empty(2**19)  # 2 MiB: 3 MiB alive
+    del a
+    c = torch.empty(2**18)  # 1 MiB again, after 1 MiB was freed
+    return b.sum() + c.sum()
+
+
+def test_peak_tensor_mib_follows_allocations_and_frees():
+    assert peak_tensor_mib(_allocates_three_mib_at_most) == pytest.approx(3.0, abs=1e-3)

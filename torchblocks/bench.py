@@ -356,18 +356,45 @@ def peak_memory_mb(kind: str, size: int, threads: int) -> Tuple[float, float]:
     return int(out[-2]) / 1024, int(out[-1]) / 1024
 
 
+def peak_tensor_mib(fn: Callable[[], object]) -> float:
+    """MiB of tensors alive at the peak of one call of ``fn`` (after a warm-up call), above those
+    alive before it: the allocations and frees ``torch.profiler`` records between top-level ops."""
+    from torch.profiler import profile
+
+    fn()
+    with profile(profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted((e for e in prof.events() if e.cpu_parent is None), key=lambda e: e.time_range.start):
+        live += event.cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
 def bench_memory(report: Report, quick: bool) -> None:
-    if report.device != "cpu" or not sys.platform.startswith("linux"):
-        report.skipped.append("peak memory: measured on Linux CPUs only (process RSS)")
-        return
     try:
-        import timm  # noqa: F401
+        timm_model = _timm_xception(report.device).to(memory_format=torch.channels_last)
     except ImportError:
         report.skipped.append("peak memory vs timm: timm not installed (pip install 'torchblocks[bench]')")
         return
+    if report.device != "cpu":
+        report.skipped.append("peak memory: measured on CPU only")
+        return
     size = 71 if quick else 299
-    # The heap's high-water mark moves by ~15% from process to process: median of fresh processes,
-    # alternating.
+    x = torch.randn(1, 3, size, size)
+    ours = _no_grad(tb.optimize_for_inference(tb.models.xception().eval(), x), x)
+    theirs = _no_grad(timm_model, x.contiguous(memory_format=torch.channels_last))
+    a, b = peak_tensor_mib(ours), peak_tensor_mib(theirs)
+    report.cases.append(
+        Case(f"Xception inference peak tensor memory N=1 {size}² (MiB)", "tb.optimize_for_inference",
+             "timm channels_last", a, b, a / b, 1.00,
+             note="columns: MiB of tensors alive at the peak of one call (torch.profiler), not ms")
+    )
+    if not sys.platform.startswith("linux"):
+        report.skipped.append("peak RSS: measured on Linux only (/proc)")
+        return
+    # Process RSS adds the allocator's and oneDNN's own memory, and moves by ~20% from process to
+    # process with the heap's layout: median of fresh processes, alternating; reported, not judged.
     runs: Dict[str, List[Tuple[float, float]]] = {"tb-fast": [], "timm": []}
     for _ in range(1 if quick else 5):
         for kind in runs:
@@ -376,10 +403,52 @@ def bench_memory(report: Report, quick: bool) -> None:
     peak_ours, peak_theirs = (statistics.median(peak for _, peak in runs[k]) for k in runs)
     report.cases.append(
         Case(f"Xception inference peak RSS growth N=1 {size}² (MiB)", "tb.optimize_for_inference",
-             "timm channels_last", extra_ours, extra_theirs, extra_ours / extra_theirs, 1.00,
+             "timm channels_last", extra_ours, extra_theirs, extra_ours / extra_theirs,
              note=f"columns: MiB of RSS above the loaded model during inference, not ms; peak RSS "
                   f"{peak_ours:.0f} vs {peak_theirs:.0f} MiB (medians of {len(runs['timm'])} processes each)")
     )
+
+
+def _rounds(quick: bool) -> Tuple[int, float]:
+    # Many short rounds, alternating: this machine's speed drifts by up to 2x within minutes, and
+    # a ratio is only as good as the interleaving of its two timings.
+    return (2, 0.01) if quick else (15, 0.2)
+
+
+SECTIONS: Dict[str, Callable[[Report, bool, int, float], None]] = {
+    "layers": bench_layers,
+    "separable": bench_separable_saving,
+    "xception": bench_xception,
+    "training": bench_training,
+    "memory": lambda report, quick, rounds, min_run_time: bench_memory(report, quick),
+}
+
+
+def _section_main() -> None:
+    """Entry point of one section's process: runs it and prints its cases as JSON."""
+    name, device, quick, threads = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
+    torch.set_num_threads(threads)
+    report = Report(device, threads, quick, {})
+    SECTIONS[name](report, quick, *_rounds(quick))
+    print(json.dumps({"cases": [asdict(c) for c in report.cases], "skipped": report.skipped}))
+
+
+def _run_section(name: str, report: Report) -> None:
+    """Run section ``name`` in a fresh Python process and add its cases to ``report``.
+
+    Each section gets a process of its own: glibc's heap keeps the shape earlier allocations gave
+    it, and a layer timed after other sections could page-fault its blocks in afresh on every call
+    (measured: the separable row fell from 66% to 32% of its theoretical speed-up when it ran after
+    the layer rows in one process).
+    """
+    code = "from torchblocks.bench import _section_main; _section_main()"
+    args = [name, report.device, "1" if report.quick else "0", str(report.threads)]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark section {name!r} failed:\n{done.stderr[-4000:]}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    report.cases += [Case(**{k: v for k, v in case.items() if k != "met"}) for case in data["cases"]]
+    report.skipped += data["skipped"]
 
 
 def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None) -> Report:
@@ -391,12 +460,6 @@ def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None)
     if threads is not None:
         torch.set_num_threads(threads)
     report = Report(device, torch.get_num_threads(), quick, _environment(device))
-    # Many short rounds, alternating: this machine's speed drifts by up to 2x within minutes, and
-    # a ratio is only as good as the interleaving of its two timings.
-    rounds, min_run_time = (2, 0.01) if quick else (15, 0.2)
-    bench_layers(report, quick, rounds, min_run_time)
-    bench_separable_saving(report, quick, rounds, min_run_time)
-    bench_xception(report, quick, rounds, min_run_time)
-    bench_training(report, quick, rounds, min_run_time)
-    bench_memory(report, quick)
+    for name in SECTIONS:
+        _run_section(name, report)
     return report
