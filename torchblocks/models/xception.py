@@ -33,6 +33,13 @@ def _sepconv(in_channels: int, out_channels: int) -> SeparableConv2d:
     return SeparableConv2d(in_channels, out_channels, 3, padding="same", bias=False)
 
 
+def _relu_after_bn() -> nn.ReLU:
+    # In place, as timm: it overwrites a BatchNorm output that nothing else reads, and BN's backward
+    # needs its input, not its output (1-2.5% off a training step). The ReLU opening a block reads
+    # the input the shortcut also reads, so it stays out of place.
+    return nn.ReLU(inplace=True)
+
+
 def _downsampling_block(
     in_channels: int, mid_channels: int, out_channels: int, relu_first: bool = True
 ) -> Residual:
@@ -45,7 +52,7 @@ def _downsampling_block(
         layers["sepconv1_act"] = nn.ReLU()
     layers["sepconv1"] = _sepconv(in_channels, mid_channels)
     layers["sepconv1_bn"] = BatchNorm(mid_channels)
-    layers["sepconv2_act"] = nn.ReLU()
+    layers["sepconv2_act"] = _relu_after_bn()
     layers["sepconv2"] = _sepconv(mid_channels, out_channels)
     layers["sepconv2_bn"] = BatchNorm(out_channels)
     layers["pool"] = MaxPool2d(3, 2, padding="same")
@@ -56,7 +63,7 @@ def _middle_block(channels: int = 728) -> Residual:
     """Three times ReLU SepConv-BN, plus the input (identity shortcut)."""
     layers: "OrderedDict[str, nn.Module]" = OrderedDict()
     for i in (1, 2, 3):
-        layers[f"sepconv{i}_act"] = nn.ReLU()
+        layers[f"sepconv{i}_act"] = nn.ReLU() if i == 1 else _relu_after_bn()
         layers[f"sepconv{i}"] = _sepconv(channels, channels)
         layers[f"sepconv{i}_bn"] = BatchNorm(channels)
     return Residual(nn.Sequential(layers))
@@ -106,10 +113,10 @@ class Xception(nn.Module):
             OrderedDict(
                 conv1=Conv2d(3, 32, 3, stride=2, bias=False),
                 conv1_bn=BatchNorm(32),
-                conv1_act=nn.ReLU(),
+                conv1_act=_relu_after_bn(),
                 conv2=Conv2d(32, 64, 3, bias=False),
                 conv2_bn=BatchNorm(64),
-                conv2_act=nn.ReLU(),
+                conv2_act=_relu_after_bn(),
             )
         )
         blocks["block2"] = _downsampling_block(64, 128, 128, relu_first=False)
@@ -122,10 +129,10 @@ class Xception(nn.Module):
             OrderedDict(
                 sepconv1=_sepconv(1024, 1536),
                 sepconv1_bn=BatchNorm(1536),
-                sepconv1_act=nn.ReLU(),
+                sepconv1_act=_relu_after_bn(),
                 sepconv2=_sepconv(1536, 2048),
                 sepconv2_bn=BatchNorm(2048),
-                sepconv2_act=nn.ReLU(),
+                sepconv2_act=_relu_after_bn(),
             )
         )
         self.features = nn.Sequential(blocks)
