@@ -15,6 +15,7 @@ EXPECTED_CASES = (
     "Conv2d same s1 (eager)",
     "BatchNorm eval (eager)",
     "Residual identity (eager)",
+    "A/A control",
     "Conv2d same s2",
     "Separable vs standard",
     "Xception inference N=1",

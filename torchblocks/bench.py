@@ -183,6 +183,13 @@ def bench_layers(report: Report, quick: bool, rounds: int, min_run_time: float) 
     for name, cand, ref, m1, m2, target in _layer_pairs(c, size, batch, device):
         a, b, ratio = time_pair(_no_grad(m1, x), _no_grad(m2, x), rounds, min_run_time, device)
         report.cases.append(Case(f"{name} C={c} {size}² N={batch}", cand, ref, a, b, ratio, target))
+    # A/A control: one module against itself. Its distance from 1 is this run's noise floor.
+    control = _layer_pairs(c, size, batch, device)[0][4]
+    a, b, ratio = time_pair(_no_grad(control, x), _no_grad(control, x), rounds, min_run_time, device)
+    report.cases.append(
+        Case(f"A/A control C={c} {size}² N={batch}", "nn.Sequential(dw, pw)", "the same module", a, b, ratio,
+             note="the same work on both sides: |ratio - 1| is the noise of this run")
+    )
     try:
         from timm.layers import create_conv2d
     except ImportError:
