@@ -3,8 +3,9 @@
 Absolute times on shared CPUs drift from run to run, so every case times a candidate and its
 reference in the same process, interleaved round by round (``torch.utils.benchmark.Timer``,
 ``blocked_autorange`` medians after warm-up), and reports the median of the per-round ratios
-``candidate / reference``. timm and keras are optional (extra ``[bench]``): their rows are skipped
-when they are not installed.
+``candidate / reference``. Each section runs in a fresh process, so that no section inherits the
+heap another one shaped; an A/A control row shows each run's noise. timm and keras are optional
+(extra ``[bench]``): their rows are skipped when they are not installed.
 """
 import importlib.metadata
 import json
@@ -188,7 +189,7 @@ def bench_layers(report: Report, quick: bool, rounds: int, min_run_time: float) 
     a, b, ratio = time_pair(_no_grad(control, x), _no_grad(control, x), rounds, min_run_time, device)
     report.cases.append(
         Case(f"A/A control C={c} {size}² N={batch}", "nn.Sequential(dw, pw)", "the same module", a, b, ratio,
-             note="the same work on both sides: |ratio - 1| is the noise of this run")
+             note="the same work on both sides: abs(ratio - 1) is the noise of this run")
     )
     try:
         from timm.layers import create_conv2d
@@ -225,7 +226,7 @@ def bench_xception(report: Report, quick: bool, rounds: int, min_run_time: float
     a, b, ratio = time_pair(_no_grad(fast, x), eager, rounds, min_run_time, device)
     report.cases.append(
         Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "tb eager", a, b, ratio,
-             note=f"max |fast - eager| = {err:.2e}")
+             note=f"max abs(fast - eager) = {err:.2e}")
     )
     try:
         timm_model = _timm_xception(device).to(memory_format=torch.channels_last)
@@ -379,13 +380,13 @@ def peak_tensor_mib(fn: Callable[[], object]) -> float:
 
 
 def bench_memory(report: Report, quick: bool) -> None:
+    if report.device != "cpu":
+        report.skipped.append("peak memory: measured on CPU only")
+        return
     try:
         timm_model = _timm_xception(report.device).to(memory_format=torch.channels_last)
     except ImportError:
         report.skipped.append("peak memory vs timm: timm not installed (pip install 'torchblocks[bench]')")
-        return
-    if report.device != "cpu":
-        report.skipped.append("peak memory: measured on CPU only")
         return
     size = 71 if quick else 299
     x = torch.randn(1, 3, size, size)
