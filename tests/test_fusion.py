@@ -428,3 +428,13 @@ def test_default_path_scripts_copies_and_pickles(small_net):
         expected = optimized(x)
         for other in (torch.jit.script(optimized), copy.deepcopy(optimized), torch.load(buffer, weights_only=False)):
             torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
+
+
+def test_default_path_without_onednn_keeps_plain_convs_and_stays_exact(small_net, monkeypatch):
+    # A torch built without oneDNN (or without the ops inductor uses) gets the same path, unpacked.
+    monkeypatch.setattr(fusion, "_onednn_packing_available", lambda: False)
+    model, x = small_net
+    optimized = tb.optimize_for_inference(model, x)
+    assert not any(isinstance(m, PackedConv2d) for m in optimized.modules())
+    with torch.no_grad():
+        _close(optimized(x), model(x), rtol=1e-4)
