@@ -24,6 +24,27 @@ def keras():
     return _keras
 
 
+def book_separable_model(height: int = 64, width: int = 64, channels: int = 3, num_classes: int = 10,
+                         activation="softmax"):
+    """The book's SeparableConv2D model in Keras (with an ``Input`` instead of ``input_shape=``, as
+    Keras 3 asks) and a choice of classifier activation."""
+    layers = keras().layers
+    model = keras().Sequential()
+    model.add(keras().Input((height, width, channels)))
+    model.add(layers.SeparableConv2D(32, 3, activation="relu"))
+    model.add(layers.SeparableConv2D(64, 3, activation="relu"))
+    model.add(layers.MaxPooling2D(2))
+    model.add(layers.SeparableConv2D(64, 3, activation="relu"))
+    model.add(layers.SeparableConv2D(128, 3, activation="relu"))
+    model.add(layers.MaxPooling2D(2))
+    model.add(layers.SeparableConv2D(64, 3, activation="relu"))
+    model.add(layers.SeparableConv2D(128, 3, activation="relu"))
+    model.add(layers.GlobalAveragePooling2D())
+    model.add(layers.Dense(32, activation="relu"))
+    model.add(layers.Dense(num_classes, activation=activation))
+    return model
+
+
 def to_numpy(value) -> np.ndarray:
     """A Keras output (a torch tensor on this backend) or variable as a float32 NumPy array."""
     return np.asarray(keras().ops.convert_to_numpy(value), dtype=np.float32)

@@ -4,8 +4,6 @@ Keras 3 on the torch backend is the oracle: each test runs the Keras layer or mo
 compares with the torch module at 1e-5 relative (1e-4 for Xception), after checking that the
 comparison could fail (the torch module disagrees before loading, or inputs move the output).
 """
-import os
-import warnings
 import zipfile
 
 import numpy as np
@@ -16,6 +14,7 @@ from torch import nn
 import torchblocks as tb
 from keras_oracle import (
     assert_rel_close,
+    book_separable_model,
     check_scripted,
     keras,
     nchw_to_nhwc,
@@ -511,27 +510,8 @@ def test_batchnorm_training_mode(rng, make_model, shape):
     _check_conversion(model, _images(rng, *shape), training=True)
 
 
-def _separable_convnet(num_classes: int = 10):
-    """The book's SeparableConv2D model, verbatim (softmax included)."""
-    L = keras().layers
-    model = keras().Sequential()
-    model.add(keras().Input((64, 64, 3)))
-    model.add(L.SeparableConv2D(32, 3, activation="relu"))
-    model.add(L.SeparableConv2D(64, 3, activation="relu"))
-    model.add(L.MaxPooling2D(2))
-    model.add(L.SeparableConv2D(64, 3, activation="relu"))
-    model.add(L.SeparableConv2D(128, 3, activation="relu"))
-    model.add(L.MaxPooling2D(2))
-    model.add(L.SeparableConv2D(64, 3, activation="relu"))
-    model.add(L.SeparableConv2D(128, 3, activation="relu"))
-    model.add(L.GlobalAveragePooling2D())
-    model.add(L.Dense(32, activation="relu"))
-    model.add(L.Dense(num_classes, activation="softmax"))
-    return model
-
-
 def _random_separable_convnet(rng: np.random.Generator):
-    model = _separable_convnet()
+    model = book_separable_model()  # verbatim, softmax included
     _randomize(model, rng)
     # Small logits keep the softmax out of saturation, where every input gives the same one-hot.
     last = model.layers[-1]

@@ -9,10 +9,10 @@ import torchblocks
 import torchblocks as tb
 from keras_oracle import (
     assert_rel_close,
+    book_separable_model,
     check_scripted,
     copy_dense,
     copy_separable,
-    keras,
     nchw_to_nhwc,
     random_weights,
     rel_error,
@@ -34,29 +34,9 @@ REGISTRY_CASES = [
 ]
 
 
-def book_model(height: int, width: int, channels: int, num_classes: int, activation="softmax"):
-    """The book's Keras code (with an ``Input`` instead of ``input_shape=``, as Keras 3 asks) and a
-    choice of classifier activation."""
-    layers = keras().layers
-    model = keras().Sequential()
-    model.add(keras().Input((height, width, channels)))
-    model.add(layers.SeparableConv2D(32, 3, activation="relu"))
-    model.add(layers.SeparableConv2D(64, 3, activation="relu"))
-    model.add(layers.MaxPooling2D(2))
-    model.add(layers.SeparableConv2D(64, 3, activation="relu"))
-    model.add(layers.SeparableConv2D(128, 3, activation="relu"))
-    model.add(layers.MaxPooling2D(2))
-    model.add(layers.SeparableConv2D(64, 3, activation="relu"))
-    model.add(layers.SeparableConv2D(128, 3, activation="relu"))
-    model.add(layers.GlobalAveragePooling2D())
-    model.add(layers.Dense(32, activation="relu"))
-    model.add(layers.Dense(num_classes, activation=activation))
-    return model
-
-
 @pytest.mark.parametrize("channels, classes", CHANNELS_CLASSES)
 def test_separable_convnet_parameter_count(channels, classes):
-    expected = book_model(64, 64, channels, classes).count_params()
+    expected = book_separable_model(64, 64, channels, classes).count_params()
     model = tb.models.SeparableConvNet(channels, classes)
     assert sum(p.numel() for p in model.parameters()) == expected
     if (channels, classes) == (3, 10):
@@ -65,7 +45,7 @@ def test_separable_convnet_parameter_count(channels, classes):
 
 def test_separable_convnet_matches_keras(rng):
     """Keras weights copied by hand: same logits (the Keras classifier without its softmax)."""
-    k_model = book_model(64, 64, 3, 10, activation=None)
+    k_model = book_separable_model(activation=None)
     for layer in k_model.layers:
         if layer.weights:
             random_weights(layer, rng)
