@@ -398,7 +398,6 @@ def test_default_path_packs_every_conv_of_the_models(name):
     relus = [m.inplace for m in optimized.modules() if isinstance(m, nn.ReLU)]
     assert (relus.count(True), relus.count(False)) == (inplace_relus, kept_relus)
     with torch.no_grad():
-        expected = model(x)
         for inp in (x, x.contiguous(memory_format=torch.channels_last), torch.randn(shape)):
             _close(optimized(inp), model(inp), rtol=1e-4)
 

@@ -14,7 +14,7 @@ reads run in place.
 import copy
 import operator
 import warnings
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.fx
@@ -275,6 +275,11 @@ class PackedConv2d(nn.Module):
 _BLOCK_BYTES = 4 << 20
 
 
+def _samples_per_block(sample_bytes: int, block_bytes: int) -> int:
+    """How many samples of ``sample_bytes`` each a block of ``block_bytes`` holds (at least one)."""
+    return max(1, block_bytes // max(1, sample_bytes))
+
+
 class BlockedSeparable(nn.Module):
     """Inference form of a ``SeparableConv2d``: its two convs run a few samples at a time.
 
@@ -304,7 +309,7 @@ class BlockedSeparable(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
         n = x.shape[0]
-        step = max(1, self.block_bytes // max(1, x.numel() // max(1, n) * x.element_size()))
+        step = _samples_per_block(x.numel() // max(1, n) * x.element_size(), self.block_bytes)
         if n <= step:
             y = self.pointwise(self.depthwise(x))
         else:
@@ -402,10 +407,10 @@ def _spans_blocks(input_size: Optional[List[int]]) -> bool:
     several blocks."""
     if input_size is None:
         return False
-    n, per_sample = input_size[0], 4
+    sample_bytes = 4
     for d in input_size[1:]:
-        per_sample *= d
-    return n > max(1, _BLOCK_BYTES // per_sample)
+        sample_bytes *= d
+    return input_size[0] > _samples_per_block(sample_bytes, _BLOCK_BYTES)
 
 
 def pack_convs(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
@@ -493,7 +498,7 @@ def _packed(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
     model = model.to(memory_format=torch.channels_last)
     convert_inputs = not (_onednn_packing_available() and _inputs_read_only_by_convs(model))
     packed = pack_convs(model, tuple(x.contiguous(memory_format=torch.channels_last) for x in inputs))
-    if _trace(packed) is not None:
+    if not _LayerTracer().is_leaf_module(packed, ""):
         packed = flatten(packed)
     # A packed conv reads any layout and writes channels-last; a channels-last copy of the input
     # made first would stay alive for the whole call (+1 MiB at Xception's 299×299), and in front of
