@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Export a torchblocks model, verified against eager mode.
 
     python scripts/export_torchscript.py xception --out xception.pt
@@ -8,7 +9,7 @@ The same as ``torchblocks export MODEL --out FILE [--format torchscript|exported
 """
 import sys
 
-from torchblocks.export import main
+from torchblocks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["export", *sys.argv[1:]]))

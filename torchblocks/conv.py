@@ -13,62 +13,19 @@ from torch import Tensor, nn
 from torch.jit import Final
 
 from .activations import ActivationArg, get_activation, is_identity
+from ._checks import check_nchw, check_window_fits
 from .padding import (
     PaddingArg,
     check_positive_int,
     check_weight_size,
     effective_kernel,
     is_static_same,
-    min_input_size,
+    min_input_hw,
     normalize_padding,
     output_size as _output_size,
     same_pad_list,
     to_pair,
 )
-
-
-def check_nchw(x: Tensor, channels: int, layer: str) -> None:
-    """Raise ``ValueError`` unless ``x`` is (N, ``channels``, H, W), hinting at channels-last input."""
-    if x.dim() != 4:
-        raise ValueError(
-            f"{layer} expects a 4-D (N, C, H, W) input with C={channels}; received a {x.dim()}-D "
-            f"tensor of shape {x.shape}."
-        )
-    if x.shape[1] != channels:
-        hint = ""
-        if x.shape[3] == channels:
-            hint = (
-                " It looks channels-last (N, H, W, C), as Keras uses; torchblocks layers are "
-                "channels-first: pass x.permute(0, 3, 1, 2)."
-            )
-        raise ValueError(
-            f"{layer} expects (N, {channels}, H, W) input; received shape {x.shape}.{hint}"
-        )
-
-
-def check_window_fits(x: Tensor, min_height: int, min_width: int, window: str, layer: str) -> None:
-    """Raise ``ValueError`` unless the (H, W) of ``x`` is at least (``min_height``, ``min_width``).
-
-    ``window`` describes the kernel and padding for the message. Without this check torch fails deep
-    inside the kernel ("Kernel size can't be greater than actual input size").
-    """
-    height, width = x.shape[-2], x.shape[-1]
-    if height < min_height or width < min_width:
-        raise ValueError(
-            f"{layer} with {window} expects inputs of at least (H, W)=({min_height}, {min_width}); "
-            f"received (H, W)=({height}, {width}) in shape {x.shape}."
-        )
-
-
-def min_input_hw(
-    kernel_size: Tuple[int, int], dilation: Tuple[int, int], padding: Union[str, Tuple[int, int]]
-) -> Tuple[int, int]:
-    """Smallest (H, W) input for a window: 1 under ``'same'``, else the (dilated) kernel less the padding."""
-    if padding == "same":
-        return 1, 1
-    pads = (0, 0) if padding == "valid" else padding
-    height, width = (min_input_size(k, d, p) for k, d, p in zip(kernel_size, dilation, pads))
-    return height, width
 
 
 def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:

@@ -9,19 +9,14 @@ than the tolerance raises ``RuntimeError`` naming the module and the maximum err
 ``torch.export`` is PyTorch's recommended path; TorchScript (deprecated in torch 2.14, which warns
 with a ``FutureWarning`` of its own) remains for C++ ``torch::jit::load`` and existing JIT runtimes.
 """
-import argparse
 import copy
-import os
-import sys
 import warnings
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import ExampleInputs, as_input_tuple, check_module
-
-PathArg = Union[str, "os.PathLike[str]"]
+from ._checks import ExampleInputs, PathArg, as_input_tuple, check_module, verify, writable_path
 
 METHODS = ("script", "trace")
 FORMATS = ("torchscript", "exported", "onnx")
@@ -43,53 +38,6 @@ def inference_copy(model: nn.Module) -> nn.Module:
             stacklevel=3,
         )
     return copy.deepcopy(model).eval()
-
-
-def _flatten(output: Any) -> List[Tensor]:
-    if isinstance(output, Tensor):
-        return [output]
-    if isinstance(output, (tuple, list)):
-        return [t for item in output for t in _flatten(item)]
-    if isinstance(output, dict):
-        return [t for key in sorted(output) for t in _flatten(output[key])]
-    raise TypeError(f"Cannot compare an output of type {type(output).__name__}; expected tensors.")
-
-
-def max_error(expected: Any, actual: Any) -> float:
-    """Largest absolute difference over all output tensors (inf when shapes differ)."""
-    exp, act = _flatten(expected), _flatten(actual)
-    if len(exp) != len(act) or any(e.shape != a.shape for e, a in zip(exp, act)):
-        return float("inf")
-    return max((float((e.detach().float() - a.detach().float()).abs().max()) if e.numel() else 0.0)
-               for e, a in zip(exp, act))
-
-
-def verify(
-    expected: Any, actual: Any, module_name: str, what: str, rtol: float, atol: float
-) -> float:
-    """Raise ``RuntimeError`` naming ``module_name`` unless ``actual`` matches ``expected``.
-
-    Tolerance: max |expected - actual| <= atol + rtol * max |expected|. Returns the max error.
-    """
-    err = max_error(expected, actual)
-    scale = max(float(t.detach().abs().max()) if t.numel() else 0.0 for t in _flatten(expected))
-    if not err <= atol + rtol * scale:
-        raise RuntimeError(
-            f"{what} of {module_name} does not match eager mode: max abs error {err:.3g} "
-            f"(allowed {atol + rtol * scale:.3g} = {atol:g} + {rtol:g} * max|output| {scale:.3g})."
-        )
-    return err
-
-
-def _writable(path: PathArg) -> str:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ValueError(
-            f"Invalid value for argument `path`. Expected a file in an existing, writable folder. "
-            f"Received path={path!r}."
-        )
-    return path
 
 
 def to_torchscript(
@@ -125,7 +73,7 @@ def to_torchscript(
     inputs = None if example_inputs is None else as_input_tuple(example_inputs, "example_inputs")
     if method == "trace" and inputs is None:
         raise ValueError("Invalid value for argument `example_inputs`. method='trace' needs example inputs. Received example_inputs=None.")
-    path = None if path is None else _writable(path)
+    path = None if path is None else writable_path(path)
     eager = inference_copy(model)
     name = type(model).__name__
     tol = _KERNEL_TOL if optimize else _EXACT_TOL
@@ -193,7 +141,7 @@ def to_exported(
     if example_inputs is None:
         raise ValueError("Invalid value for argument `example_inputs`. torch.export needs example inputs. Received example_inputs=None.")
     inputs = _batch_of_two(as_input_tuple(example_inputs, "example_inputs"))
-    path = None if path is None else _writable(path)
+    path = None if path is None else writable_path(path)
     eager = inference_copy(model)
     name = type(model).__name__
     with torch.no_grad():
@@ -242,7 +190,7 @@ def to_onnx(
     """
     onnx, onnxruntime = _onnx_modules()
     inputs = _batch_of_two(as_input_tuple(example_inputs, "example_inputs"))
-    path = _writable(path)
+    path = writable_path(path)
     eager = inference_copy(model)
     name = type(model).__name__
     names = [f"input_{i}" for i in range(len(inputs))]
@@ -277,65 +225,11 @@ def export_model(
     return to_onnx(model, path, example_inputs)
 
 
-def add_export_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    """Add ``export MODEL --out FILE [--format ...] [--input-size C H W]`` to a CLI."""
-    parser = subparsers.add_parser(
-        "export", help="export a torchblocks model (TorchScript, torch.export .pt2 or ONNX), verified against eager"
-    )
-    parser.add_argument("model", help="a name from torchblocks.models.MODEL_NAMES")
-    parser.add_argument("--out", required=True, help="output file")
-    parser.add_argument("--format", default="torchscript", help=f"one of {', '.join(FORMATS)} (default torchscript)")
-    parser.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), default=None,
-                        help="example input size (default: 3 64 64 for SeparableConvNet, 3 299 299 for xception, 3 224 224 otherwise)")
-    parser.add_argument("--batch", type=int, default=2, help="example batch size (dynamic for exported/onnx)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs (model default if omitted)")
-    parser.set_defaults(func=run_export)
-    return parser
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """The ``export`` command: build the model, export, verify; one-line error and exit code 2 on bad input."""
-    try:
-        if args.format not in FORMATS:
-            raise ValueError(f"--format must be one of {', '.join(FORMATS)}; received {args.format!r}.")
-        from . import models
-
-        if args.model not in models.MODEL_NAMES:
-            raise ValueError(f"unknown model {args.model!r}; choose from {', '.join(models.MODEL_NAMES)}.")
-        _writable(args.out)
-        kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-        size = args.input_size or models.default_input_shape(args.model)
-        if args.batch < 1 or any(s < 1 for s in size):
-            raise ValueError(f"--batch and --input-size must be positive; received {args.batch} and {list(size)}.")
-        model = models.get_model(args.model, **kwargs).eval()
-        x = torch.randn(args.batch, *size)
-        export_model(model, args.out, x, args.format)
-    except (ValueError, TypeError, ImportError, OSError, RuntimeError) as exc:
-        print(f"torchblocks export: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out} ({args.format}, {args.model}, input {tuple(x.shape)}), verified against eager")
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``scripts/export_torchscript.py``: the ``export`` command on its own."""
-    parser = argparse.ArgumentParser(prog="export_torchscript", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_export_parser(sub)
-    args = parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
 __all__ = [
-    "ExampleInputs",
     "FORMATS",
     "METHODS",
-    "add_export_parser",
     "export_model",
-    "inference_copy",
-    "max_error",
     "to_exported",
     "to_onnx",
     "to_torchscript",
-    "verify",
 ]

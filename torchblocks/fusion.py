@@ -23,9 +23,8 @@ from torch import Tensor, nn
 from torch.jit import Final
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .conv import Conv2d, DepthwiseConv2d, SeparableConv2d, check_nchw
-from ._checks import ExampleInputs, as_input_tuple, check_module
-from .export import verify
+from .conv import Conv2d, DepthwiseConv2d, SeparableConv2d
+from ._checks import ExampleInputs, as_input_tuple, check_module, check_nchw, verify
 from .linear import Dense
 from .norm import BatchNorm
 from .pooling import AvgPool2d, MaxPool2d

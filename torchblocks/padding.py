@@ -100,6 +100,17 @@ def min_input_size(kernel_size: int, dilation: int, padding: int) -> int:
     return max(effective_kernel(kernel_size, dilation) - 2 * padding, 1)
 
 
+def min_input_hw(
+    kernel_size: Tuple[int, int], dilation: Tuple[int, int], padding: Union[str, Tuple[int, int]]
+) -> Tuple[int, int]:
+    """Smallest (H, W) input for a window: 1 under ``'same'``, else the (dilated) kernel less the padding."""
+    if padding == "same":
+        return 1, 1
+    pads = (0, 0) if padding == "valid" else padding
+    height, width = (min_input_size(k, d, p) for k, d, p in zip(kernel_size, dilation, pads))
+    return height, width
+
+
 def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> Tuple[int, int]:
     """(before, after) zero padding for Keras ``'same'`` along one axis of length ``size``."""
     out = -(-size // stride)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import Final
 
-from .conv import check_window_fits, min_input_hw
-from .padding import PaddingArg, is_static_same, normalize_padding, same_pad_list, to_pair
+from ._checks import check_window_fits
+from .padding import PaddingArg, is_static_same, min_input_hw, normalize_padding, same_pad_list, to_pair
 
 
 def _check_pooling(x: Tensor, layer: str) -> None:

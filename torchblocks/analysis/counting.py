@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import ExampleInputs as Inputs
-from .._checks import as_input_tuple, check_module
+from .._checks import as_input_tuple, check_module, first_line
 from .handlers import FlopCountAnalysis, op_handles
 
 
@@ -123,11 +123,6 @@ def temporary_mode(model: nn.Module, training: bool) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _count_fvcore(
     model: nn.Module, inputs: Tuple[Tensor, ...], include_bn: bool
 ) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, int]]:
@@ -144,7 +139,7 @@ def _count_fvcore(
         raise  # the model rejected the inputs: the caller's error, with its own message
     except Exception as error:
         raise RuntimeError(
-            f"fvcore could not trace {type(model).__name__}: {_first_line(error)}"
+            f"fvcore could not trace {type(model).__name__}: {first_line(error)}"
         ) from error
     by_operator = {k: int(v) for k, v in analysis.by_operator().items()}
     unsupported = {k: int(v) for k, v in analysis.unsupported_ops().items()}

@@ -1,0 +1,28 @@
+"""``torchblocks bench``: side-by-side benchmarks against plain PyTorch, timm and Keras."""
+import argparse
+
+from . import positive_int
+
+
+def add_parser(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark against plain PyTorch, timm and Keras (ratios in one run)",
+        description="Side-by-side benchmarks, reported as median ratios candidate / reference.",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON to FILE")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import bench
+
+    report = bench.run(args.device, args.quick, args.threads)
+    print(report.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(report.to_json() + "\n")
+    return 0

@@ -1,0 +1,139 @@
+"""``torchblocks compare``: parameters, MACs (and time) of separable vs standard convolutions."""
+import argparse
+import importlib.util
+import json
+import sys
+from typing import Dict, List, Sequence, Tuple
+
+from . import MACS_NOTE, UsageError, add_format, add_input_size, model_name, positive_int
+
+
+def add_parser(sub: "argparse._SubParsersAction") -> None:
+    from ..analysis.comparisons import (
+        DEFAULT_CHANNELS, DEFAULT_KERNEL_SIZES, DEFAULT_LAYER_SIZE, DEFAULT_MODELS,
+    )
+
+    p = sub.add_parser(
+        "compare",
+        help="parameters, MACs (and time) of separable vs standard convolutions",
+        description=(
+            "Separable vs standard convolution: single layers over a grid of channels C, kernel "
+            f"sizes k and strides (input 1xCx{DEFAULT_LAYER_SIZE[0]}x{DEFAULT_LAYER_SIZE[1]}), then "
+            f"the models {', '.join(DEFAULT_MODELS)} against their standard-convolution versions. "
+            + MACS_NOTE
+        ),
+    )
+    add_format(p)
+    add_input_size(
+        p, "model input size (default per model: 3 64 64, 3 299 299 for xception, 3 224 224); "
+        "the layer grid uses its H and W"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="NAME", help="compare only this model from torchblocks.models")
+    which.add_argument("--only", choices=("layers", "models"), help="run only one of the two sections")
+    p.add_argument("--channels", nargs="+", type=positive_int, default=list(DEFAULT_CHANNELS),
+                   metavar="C", help="layer grid channels, C_in = C_out (default %(default)s)")
+    p.add_argument("--kernel-sizes", nargs="+", type=positive_int, default=list(DEFAULT_KERNEL_SIZES),
+                   metavar="K", help="layer grid kernel sizes (default %(default)s)")
+    p.add_argument("--latency", action="store_true", help="also measure median CPU time per call")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed calls per latency (default 10)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="save MACs and measured time against channels (needs matplotlib: torchblocks[plot])")
+    p.set_defaults(func=run)
+
+
+def _layer_jobs(args: argparse.Namespace) -> List[Tuple[int, int, int]]:
+    from ..analysis.comparisons import DEFAULT_STRIDES, layer_grid
+
+    if args.model is not None or args.only == "models":
+        return []
+    return layer_grid(args.channels, args.kernel_sizes, DEFAULT_STRIDES)
+
+
+def _model_jobs(args: argparse.Namespace) -> List[str]:
+    from ..analysis.comparisons import DEFAULT_MODELS
+
+    if args.model is not None:
+        return [model_name(args.model)]
+    return [] if args.only == "layers" else list(DEFAULT_MODELS)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..analysis.comparisons import DEFAULT_LAYER_SIZE, compare_layer, compare_model
+
+    if args.plot is not None:
+        if args.model is not None or args.only == "models":
+            raise UsageError("--plot draws the single-layer grid: drop --model / --only models")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError('--plot needs matplotlib: pip install "torchblocks[plot]"')
+    layer_jobs, model_jobs = _layer_jobs(args), _model_jobs(args)
+    size = tuple(args.input_size[1:]) if args.input_size else DEFAULT_LAYER_SIZE
+    plotted_kernel = args.kernel_sizes[0]  # the plot shows the first kernel size at stride 1
+    jobs = [("layer", job) for job in layer_jobs] + [("model", job) for job in model_jobs]
+    layers, models, plotted = [], [], []
+    # The bar shows only on a terminal (disable=None) and only once the run has taken 2 s.
+    for kind, job in tqdm(jobs, desc="counting", unit="net", delay=2.0, leave=False,
+                          file=sys.stderr, disable=None):
+        if kind == "layer":
+            c, k, s = job
+            on_plot = args.plot is not None and (k, s) == (plotted_kernel, 1)
+            result = compare_layer(c, k, s, size, latency=args.latency or on_plot, repeats=args.repeats)
+            layers.append(result)
+            if on_plot:
+                plotted.append((c, result))
+        else:
+            models.append(compare_model(job, args.input_size, latency=args.latency, repeats=args.repeats))
+    print(_render_comparisons(layers, models, size, args.format, args.repeats))
+    if args.plot is not None:
+        from ..analysis.comparisons import plot_channel_sweep
+
+        title = f"SeparableConv2d vs Conv2d, k={plotted_kernel}, stride 1, input 1xCx{size[0]}x{size[1]}"
+        plot_channel_sweep(args.plot, [r for _, r in plotted], [c for c, _ in plotted], title)
+        print(f"saved {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _render_comparisons(
+    layers: Sequence, models: Sequence, size: Sequence[int], fmt: str, repeats: int
+) -> str:
+    from ..analysis.comparisons import comparison_table
+    from ..analysis.tables import records_to_csv
+
+    if fmt == "json":
+        document: Dict[str, object] = {
+            "convention": {
+                "macs": "fused multiply-adds, as fvcore counts them",
+                "flops": "2 * macs",
+                "params": "trainable parameters",
+                "ratio": "separable / standard",
+            },
+            "layers": [c.to_dict() for c in layers],
+            "models": [c.to_dict() for c in models],
+        }
+        return json.dumps(document, indent=2)
+    if fmt == "csv":
+        records = [dict(section="layer", **c.to_dict()) for c in layers]
+        records += [dict(section="model", **c.to_dict()) for c in models]
+        for record in records:
+            record["input_shape"] = "x".join(str(d) for d in record["input_shape"])
+        return records_to_csv(records).rstrip("\n")
+    tables = []
+    if layers:
+        tables.append(comparison_table(
+            f"Single layers: SeparableConv2d(C, C, k, stride, 'same') vs Conv2d, input 1xCx{size[0]}x{size[1]}",
+            layers, layers=True))
+    if models:
+        tables.append(comparison_table("Models: separable vs standard convolutions", models, layers=False))
+    notes = MACS_NOTE
+    if any(c.latency_ms is not None for c in [*layers, *models]):
+        import torch
+
+        from ..analysis.counting import DEFAULT_WARMUP
+
+        notes += (f"\nms = median wall time per call, batch 1, over up to {repeats} calls after "
+                  f"{DEFAULT_WARMUP} warm-up calls, {torch.get_num_threads()} CPU threads; "
+                  "speed-up = standard / separable.")
+    render = (lambda t: t.to_markdown()) if fmt == "markdown" else (lambda t: t.to_text())
+    return "\n\n".join([notes] + [render(t) for t in tables])
