@@ -9,7 +9,8 @@ from .linear import Dense
 from .norm import BatchNorm, ConvBN, DenseBN
 from .pooling import AvgPool2d, MaxPool2d
 from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projection, Residual
-from .fusion import fuse_bn, optimize_for_inference
+from .fusion import fuse_bn
+from .inference import optimize_for_inference
 from . import export
 from . import models
 from . import analysis
