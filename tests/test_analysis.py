@@ -19,7 +19,6 @@ from torchblocks import analysis
 from torchblocks.analysis import formulas
 from torchblocks.activations import ACTIVATION_NAMES
 from torchblocks.models import MODEL_NAMES, get_model
-from torchblocks.models._layers import GlobalAvgPool2d, GlobalMaxPool2d
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -236,7 +235,7 @@ def test_no_warning_for_layers_activations_and_pooling_heads(caplog):
         for layer in layers:
             assert analysis.count(layer, x).unsupported_ops == {}
         # The models' global pooling heads (Keras GlobalMax/AveragePooling2D): 1 per input element.
-        for head in (GlobalMaxPool2d(), GlobalAvgPool2d()):
+        for head in (tb.GlobalMaxPool2d(), tb.GlobalAvgPool2d()):
             assert analysis.count(head, x).macs == x.numel()
     assert _fvcore_records(caplog) == []
 

@@ -13,7 +13,6 @@ from torch import nn
 
 import torchblocks as tb
 from keras_oracle import check_scripted, keras
-from torchblocks.models._layers import GlobalAvgPool2d
 
 # torchblocks module type -> Keras layer class name (SeparableConv2d before its Conv2d children).
 KINDS = (
@@ -22,7 +21,7 @@ KINDS = (
     (tb.BatchNorm, "BatchNormalization"),
     (nn.ReLU, "Activation"),
     (tb.MaxPool2d, "MaxPooling2D"),
-    (GlobalAvgPool2d, "GlobalAveragePooling2D"),
+    (tb.GlobalAvgPool2d, "GlobalAveragePooling2D"),
     (tb.Dense, "Dense"),
 )
 LEAVES = tuple(cls for cls, _ in KINDS)

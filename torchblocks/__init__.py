@@ -7,7 +7,7 @@ from .activations import get_activation
 from .conv import Conv2d, DepthwiseConv2d, SeparableConv2d
 from .linear import Dense
 from .norm import BatchNorm, ConvBN, DenseBN
-from .pooling import AvgPool2d, MaxPool2d
+from .pooling import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projection, Residual
 from .fusion import fuse_bn
 from .inference import optimize_for_inference
@@ -26,6 +26,8 @@ __all__ = [
     "DenseBN",
     "DepthwiseConv2d",
     "DownsamplingResidualBlock",
+    "GlobalAvgPool2d",
+    "GlobalMaxPool2d",
     "IdentityResidualBlock",
     "MaxPool2d",
     "Projection",

@@ -6,7 +6,7 @@ it is handed to ``nn.Conv2d`` once at construction, so the layer costs nothing o
 otherwise the pad is computed from each input's size, and applied by the convolution itself
 whenever it comes out symmetric, with ``F.pad`` only in the asymmetric case.
 """
-from typing import List, Tuple, Union
+from typing import Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,8 +22,8 @@ from .padding import (
     is_static_same,
     min_input_hw,
     normalize_padding,
+    pad_same,
     output_size as _output_size,
-    same_pad_list,
     to_pair,
 )
 
@@ -111,24 +111,13 @@ class Conv2d(nn.Conv2d):
         self.act = get_activation(activation)
         self.has_activation = not is_identity(self.act)
 
-    def _same_conv(self, x: Tensor) -> Tensor:
-        pads: List[int] = same_pad_list(
-            x.shape[-2], x.shape[-1], self.kernel_size, self.stride, self.dilation
-        )
-        if pads[0] == pads[1] and pads[2] == pads[3]:
-            return F.conv2d(
-                x, self.weight, self.bias, self.stride, [pads[2], pads[0]], self.dilation, self.groups
-            )
-        return F.conv2d(
-            F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups
-        )
-
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
         check_nchw(x, self.in_channels, self.layer_name)
         check_window_fits(x, self.min_height, self.min_width, self.window, self.layer_name)
         if self.same_is_dynamic:
-            x = self._same_conv(x)
+            x, pad = pad_same(x, self.kernel_size, self.stride, self.dilation)
+            x = F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation, self.groups)
         else:
             x = self._conv_forward(x, self.weight, self.bias)
         if self.has_activation:

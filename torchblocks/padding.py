@@ -1,13 +1,19 @@
-"""Keras padding arithmetic and argument normalisation: pure functions, no tensors.
+"""Keras padding arithmetic, argument normalisation, and the one runtime of Keras ``'same'``.
 
 Keras (and TensorFlow) define ``padding="same"`` by the output size ``ceil(n / stride)``; the total
 padding that achieves it is ``max((ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)``, split with the
-extra pixel at the bottom/right. It is static and symmetric exactly when ``stride == 1`` and the
-effective kernel ``(k - 1) * d + 1`` is odd; every other case depends on the input size.
+extra pixel at the bottom/right. It is static and symmetric for every input size exactly when the
+effective kernel ``(k - 1) * d + 1`` is 1 (any stride: it never pads) or odd at stride 1; every other
+case depends on the input size (``is_static_same``). Where it is dynamic, ``pad_same`` computes it
+per input and hands a symmetric pad to the op itself, copying the input with ``F.pad`` only when the
+pad is asymmetric. Everything but ``pad_same`` is pure arithmetic on ints.
 """
 
 import math
 from typing import List, Tuple, Union
+
+import torch.nn.functional as F
+from torch import Tensor
 
 IntPair = Union[int, Tuple[int, int]]
 PaddingArg = Union[str, int, Tuple[int, int]]
@@ -149,3 +155,26 @@ def same_pad_list(
     top, bottom = same_padding(height, kernel_size[0], stride[0], dilation[0])
     left, right = same_padding(width, kernel_size[1], stride[1], dilation[1])
     return [left, right, top, bottom]
+
+
+def same_pads(
+    x: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int], dilation: Tuple[int, int]
+) -> Tuple[List[int], bool]:
+    """Keras ``'same'`` for the (H, W) of ``x``: the ``F.pad`` list and whether it is symmetric."""
+    pads = same_pad_list(x.shape[-2], x.shape[-1], kernel_size, stride, dilation)
+    return pads, pads[0] == pads[1] and pads[2] == pads[3]
+
+
+def pad_same(
+    x: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int], dilation: Tuple[int, int],
+    value: float = 0.0,
+) -> Tuple[Tensor, List[int]]:
+    """Keras ``'same'`` for one input: ``(input, padding for the op)``.
+
+    A symmetric pad is returned for the op to apply itself (no copy of ``x``); an asymmetric one is
+    applied here with ``F.pad(x, pads, value=value)`` and the op gets ``[0, 0]``.
+    """
+    pads, symmetric = same_pads(x, kernel_size, stride, dilation)
+    if symmetric:
+        return x, [pads[2], pads[0]]
+    return F.pad(x, pads, value=value), [0, 0]

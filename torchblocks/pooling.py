@@ -1,33 +1,32 @@
-"""Pooling with Keras padding: ``MaxPool2d`` and ``AvgPool2d``.
+"""Pooling with Keras padding: ``MaxPool2d`` and ``AvgPool2d``, and the global pools.
 
 Keras ``'same'`` pooling pads like ``'same'`` convolution (output ``ceil(n / s)``, extra pixel at
 the bottom/right) but padded pixels never count: max pooling never picks one, average pooling
 divides by the number of real pixels in each window. ``stride=None`` means the pool size.
 """
-from typing import List, Tuple, Union
+from typing import Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import Final
 
 from ._checks import check_window_fits
-from .padding import PaddingArg, is_static_same, min_input_hw, normalize_padding, same_pad_list, to_pair
+from .padding import (
+    PaddingArg,
+    is_static_same,
+    min_input_hw,
+    normalize_padding,
+    pad_same,
+    same_pads,
+    to_pair,
+)
 
-
-def _check_pooling(x: Tensor, layer: str) -> None:
-    if x.dim() != 4:
-        raise ValueError(
-            f"{layer} expects a 4-D (N, C, H, W) input; received a {x.dim()}-D tensor of shape "
-            f"{x.shape}."
-        )
-    if x.shape[1] == 0:
-        # torch's pooling kernels refuse C = 0 with a RuntimeError of their own.
-        raise ValueError(f"{layer} expects (N, C, H, W) input with C >= 1; received shape {x.shape}.")
+Spec = Union[str, Tuple[int, int]]
 
 
 def _resolve(
     kernel_size: object, stride: object, padding: object
-) -> Tuple[Tuple[int, int], Tuple[int, int], Union[str, Tuple[int, int]], Tuple[int, int], bool]:
+) -> Tuple[Tuple[int, int], Tuple[int, int], Spec, Tuple[int, int], bool]:
     """Kernel, stride, padding spec, torch padding and whether 'same' must be computed per call."""
     kernel = to_pair(kernel_size, "kernel_size")
     strides = kernel if stride is None else to_pair(stride, "stride")
@@ -46,24 +45,11 @@ def _resolve(
     return kernel, strides, spec, spec, False
 
 
-def _window(kernel: Tuple[int, int], spec: Union[str, Tuple[int, int]]) -> Tuple[int, int, str]:
-    """Smallest input (H, W) for the pooling window and its description for error messages."""
-    height, width = min_input_hw(kernel, (1, 1), spec)
-    return height, width, f"kernel_size={kernel}, padding={spec!r}"
+class _KerasPooling:
+    """What both Keras poolings share: argument resolution, the input check and ``extra_repr``.
 
-
-def _extra_repr(module: nn.Module) -> str:
-    return (
-        f"kernel_size={module.kernel_size}, stride={module.stride}, "
-        f"padding={module.padding_spec!r}"
-    )
-
-
-class MaxPool2d(nn.MaxPool2d):
-    """Max pooling with Keras padding. Keras: ``MaxPooling2D``.
-
-    (N, C, H, W) -> (N, C, H', W'). ``stride=None`` is the pool size; ``padding="same"`` gives
-    H' = ceil(H / stride) and never selects a padded value; an int pads with -inf as torch does.
+    Mixed in before the torch pooling class, so the layer stays an ``nn.MaxPool2d`` /
+    ``nn.AvgPool2d`` (same attributes, recognised by tools that look for those types).
     """
 
     same_is_dynamic: Final[bool]
@@ -71,6 +57,40 @@ class MaxPool2d(nn.MaxPool2d):
     min_height: Final[int]
     min_width: Final[int]
     window: Final[str]
+
+    def _configure(self, spec: Spec, kernel: Tuple[int, int], dynamic: bool) -> None:
+        self.padding_spec = spec
+        self.layer_name = type(self).__name__
+        self.same_is_dynamic = dynamic
+        self.min_height, self.min_width = min_input_hw(kernel, (1, 1), spec)
+        self.window = f"kernel_size={kernel}, padding={spec!r}"
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(
+                f"{self.layer_name} expects a 4-D (N, C, H, W) input; received a {x.dim()}-D "
+                f"tensor of shape {x.shape}."
+            )
+        if x.shape[1] == 0:
+            # torch's pooling kernels refuse C = 0 with a RuntimeError of their own.
+            raise ValueError(
+                f"{self.layer_name} expects (N, C, H, W) input with C >= 1; received shape {x.shape}."
+            )
+        check_window_fits(x, self.min_height, self.min_width, self.window, self.layer_name)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding_spec!r}"
+        )
+
+
+class MaxPool2d(_KerasPooling, nn.MaxPool2d):
+    """Max pooling with Keras padding. Keras: ``MaxPooling2D``.
+
+    (N, C, H, W) -> (N, C, H', W'). ``stride=None`` is the pool size; ``padding="same"`` gives
+    H' = ceil(H / stride) and never selects a padded value; an int pads with -inf as torch does.
+    """
 
     def __init__(
         self,
@@ -80,42 +100,25 @@ class MaxPool2d(nn.MaxPool2d):
     ) -> None:
         kernel, strides, spec, torch_padding, dynamic = _resolve(kernel_size, stride, padding)
         super().__init__(kernel, strides, torch_padding)
-        self.padding_spec = spec
-        self.layer_name = type(self).__name__
-        self.same_is_dynamic = dynamic
-        self.min_height, self.min_width, self.window = _window(kernel, spec)
+        self._configure(spec, kernel, dynamic)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H', W')."""
-        _check_pooling(x, self.layer_name)
-        check_window_fits(x, self.min_height, self.min_width, self.window, self.layer_name)
+        self._check_input(x)
         if not self.same_is_dynamic:
             return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
-        pads: List[int] = same_pad_list(
-            x.shape[-2], x.shape[-1], self.kernel_size, self.stride, (1, 1)
-        )
-        if pads[0] == pads[1] and pads[2] == pads[3]:
-            # torch pads max pooling with -inf itself: no copy of the input needed.
-            return F.max_pool2d(x, self.kernel_size, self.stride, [pads[2], pads[0]])
-        return F.max_pool2d(F.pad(x, pads, value=float("-inf")), self.kernel_size, self.stride)
-
-    def extra_repr(self) -> str:
-        return _extra_repr(self)
+        # torch pads max pooling with -inf itself; an asymmetric pad is -inf as well.
+        x, pad = pad_same(x, self.kernel_size, self.stride, (1, 1), float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride, pad)
 
 
-class AvgPool2d(nn.AvgPool2d):
+class AvgPool2d(_KerasPooling, nn.AvgPool2d):
     """Average pooling with Keras padding. Keras: ``AveragePooling2D``.
 
     (N, C, H, W) -> (N, C, H', W'). ``stride=None`` is the pool size; ``padding="same"`` gives
     H' = ceil(H / stride) and averages only the real pixels of each window (as TensorFlow and the
     Keras docs do; Keras 3.15's torch backend repeats edge pixels instead in the uneven case).
     """
-
-    same_is_dynamic: Final[bool]
-    layer_name: Final[str]
-    min_height: Final[int]
-    min_width: Final[int]
-    window: Final[str]
 
     def __init__(
         self,
@@ -126,24 +129,18 @@ class AvgPool2d(nn.AvgPool2d):
         kernel, strides, spec, torch_padding, dynamic = _resolve(kernel_size, stride, padding)
         # 'same' leaves padded pixels out of the mean; an explicit int pad counts them, as torch.
         super().__init__(kernel, strides, torch_padding, count_include_pad=spec != "same")
-        self.padding_spec = spec
-        self.layer_name = type(self).__name__
-        self.same_is_dynamic = dynamic
-        self.min_height, self.min_width, self.window = _window(kernel, spec)
+        self._configure(spec, kernel, dynamic)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H', W')."""
-        _check_pooling(x, self.layer_name)
-        check_window_fits(x, self.min_height, self.min_width, self.window, self.layer_name)
+        self._check_input(x)
         if not self.same_is_dynamic:
             return F.avg_pool2d(
                 x, self.kernel_size, self.stride, self.padding,
                 count_include_pad=self.count_include_pad,
             )
-        pads: List[int] = same_pad_list(
-            x.shape[-2], x.shape[-1], self.kernel_size, self.stride, (1, 1)
-        )
-        if pads[0] == pads[1] and pads[2] == pads[3]:
+        pads, symmetric = same_pads(x, self.kernel_size, self.stride, (1, 1))
+        if symmetric:
             return F.avg_pool2d(
                 x, self.kernel_size, self.stride, [pads[2], pads[0]], count_include_pad=False
             )
@@ -153,5 +150,52 @@ class AvgPool2d(nn.AvgPool2d):
         counts = F.avg_pool2d(F.pad(ones, pads), self.kernel_size, self.stride)
         return summed / counts
 
+
+class GlobalAvgPool2d(nn.Module):
+    """Mean over H and W. Keras: ``GlobalAveragePooling2D``.
+
+    (N, C, H, W) -> (N, C), or (N, C, 1, 1) with ``keepdims=True``.
+    """
+
+    keepdims: Final[bool]
+
+    def __init__(self, keepdims: bool = False) -> None:
+        super().__init__()
+        if not isinstance(keepdims, bool):
+            raise TypeError(
+                f"Invalid type for argument `keepdims`. Expected a bool. Received keepdims={keepdims!r}."
+            )
+        self.keepdims = keepdims
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, C) or (N, C, 1, 1)."""
+        # Keras' own reduction on its torch backend (``ops.mean``): the same float sums.
+        return x.mean(dim=(2, 3), keepdim=self.keepdims)
+
     def extra_repr(self) -> str:
-        return _extra_repr(self)
+        return f"keepdims={self.keepdims}"
+
+
+class GlobalMaxPool2d(nn.Module):
+    """Maximum over H and W. Keras: ``GlobalMaxPooling2D``.
+
+    (N, C, H, W) -> (N, C), or (N, C, 1, 1) with ``keepdims=True``.
+    """
+
+    keepdims: Final[bool]
+
+    def __init__(self, keepdims: bool = False) -> None:
+        super().__init__()
+        if not isinstance(keepdims, bool):
+            raise TypeError(
+                f"Invalid type for argument `keepdims`. Expected a bool. Received keepdims={keepdims!r}."
+            )
+        self.keepdims = keepdims
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, C) or (N, C, 1, 1)."""
+        x = F.adaptive_max_pool2d(x, 1)
+        return x if self.keepdims else x.flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"keepdims={self.keepdims}"

@@ -1,6 +1,5 @@
-"""Small pieces shared by the models: global pooling heads and the input-size check."""
-import torch.nn.functional as F
-from torch import Tensor, nn
+"""The input-size check shared by the models."""
+from torch import Tensor
 
 
 def check_input_size(x: Tensor, minimum: int, model: str) -> None:
@@ -19,17 +18,3 @@ def check_input_size(x: Tensor, minimum: int, model: str) -> None:
             f"{model} expects inputs of at least {minimum}x{minimum} pixels; received "
             f"{x.shape[-2]}x{x.shape[-1]} (input shape {x.shape})."
         )
-
-
-class GlobalAvgPool2d(nn.Module):
-    """Mean over H and W: (N, C, H, W) -> (N, C). Keras: ``GlobalAveragePooling2D``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-
-class GlobalMaxPool2d(nn.Module):
-    """Maximum over H and W: (N, C, H, W) -> (N, C). Keras: ``GlobalMaxPooling2D``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.adaptive_max_pool2d(x, 1).flatten(1)

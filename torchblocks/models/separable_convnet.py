@@ -8,8 +8,8 @@ from torch.jit import Final
 from ..conv import SeparableConv2d
 from ..linear import Dense
 from ..padding import check_positive_int
-from ..pooling import MaxPool2d
-from ._layers import GlobalAvgPool2d, check_input_size
+from ..pooling import GlobalAvgPool2d, MaxPool2d
+from ._layers import check_input_size
 
 torch.fx.wrap("check_input_size")
 

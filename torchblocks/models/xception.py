@@ -19,9 +19,9 @@ from ..conv import Conv2d, SeparableConv2d
 from ..linear import Dense
 from ..norm import BatchNorm
 from ..padding import check_positive_int
-from ..pooling import MaxPool2d
+from ..pooling import GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from ..residual import Projection, Residual
-from ._layers import GlobalAvgPool2d, GlobalMaxPool2d, check_input_size
+from ._layers import check_input_size
 
 torch.fx.wrap("check_input_size")
 
