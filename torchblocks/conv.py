@@ -6,7 +6,7 @@ it is handed to ``nn.Conv2d`` once at construction, so the layer costs nothing o
 otherwise the pad is computed from each input's size, and applied by the convolution itself
 whenever it comes out symmetric, with ``F.pad`` only in the asymmetric case.
 """
-from typing import Tuple, Union
+from typing import Dict, Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +26,16 @@ from .padding import (
     output_size as _output_size,
     to_pair,
 )
+
+
+def _conv_repr(channels: str, spatial: "Conv2d", bias: bool, extra: Dict[str, int]) -> str:
+    """The ``extra_repr`` of the convolutions: their constructor arguments, defaults left out."""
+    s = f"{channels}, kernel_size={spatial.kernel_size}, stride={spatial.stride}"
+    s += f", padding={spatial.padding_spec!r}"
+    if spatial.dilation != (1, 1):
+        s += f", dilation={spatial.dilation}"
+    s += "".join(f", {key}={value}" for key, value in extra.items())
+    return s if bias else s + ", bias=False"
 
 
 def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
@@ -134,15 +144,8 @@ class Conv2d(nn.Conv2d):
         return h, w
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
-        s += f", stride={self.stride}, padding={self.padding_spec!r}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+        extra = {"groups": self.groups} if self.groups != 1 else {}
+        return _conv_repr(f"{self.in_channels}, {self.out_channels}", self, self.bias is not None, extra)
 
 
 class DepthwiseConv2d(Conv2d):
@@ -180,14 +183,8 @@ class DepthwiseConv2d(Conv2d):
         self.depth_multiplier = depth_multiplier
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        s += f", padding={self.padding_spec!r}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        s += f", depth_multiplier={self.depth_multiplier}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+        extra = {"depth_multiplier": self.depth_multiplier}
+        return _conv_repr(f"{self.in_channels}", self, self.bias is not None, extra)
 
 
 class SeparableConv2d(nn.Module):
@@ -252,12 +249,6 @@ class SeparableConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         dw = self.depthwise
-        s = f"{dw.in_channels}, {self.pointwise.out_channels}, kernel_size={dw.kernel_size}"
-        s += f", stride={dw.stride}, padding={dw.padding_spec!r}"
-        if dw.dilation != (1, 1):
-            s += f", dilation={dw.dilation}"
-        if dw.depth_multiplier != 1:
-            s += f", depth_multiplier={dw.depth_multiplier}"
-        if self.pointwise.bias is None:
-            s += ", bias=False"
-        return s
+        extra = {"depth_multiplier": dw.depth_multiplier} if dw.depth_multiplier != 1 else {}
+        channels = f"{dw.in_channels}, {self.pointwise.out_channels}"
+        return _conv_repr(channels, dw, self.pointwise.bias is not None, extra)
