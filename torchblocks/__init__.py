@@ -3,6 +3,9 @@
 Residual connections, channels-first batch normalization and depthwise-separable convolutions,
 with fvcore parameter/FLOP analysis against standard convolutions.
 """
+import importlib
+from typing import Any
+
 from .activations import get_activation
 from .conv import Conv2d, DepthwiseConv2d, SeparableConv2d
 from .linear import Dense
@@ -11,11 +14,17 @@ from .pooling import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projection, Residual
 from .fusion import fuse_bn
 from .inference import optimize_for_inference
-from . import export
-from . import models
-from . import analysis
+from . import analysis, export, models
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # `tb.interop.keras` / `tb.interop.torchvision` without importing either at `import torchblocks`.
+    if name == "interop":
+        return importlib.import_module(f"{__name__}.interop")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AvgPool2d",

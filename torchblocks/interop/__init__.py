@@ -7,13 +7,12 @@ only when they run. ``torchvision``: ResNet conversion in both directions (loade
 import importlib
 from typing import Any
 
-from . import keras
-
 __all__ = ["keras", "torchvision"]
 
 
 def __getattr__(name: str) -> Any:
-    # The torchvision interop imports torchvision and the models: load it on first access only.
-    if name == "torchvision":
-        return importlib.import_module(f"{__name__}.torchvision")
+    # Each interop is loaded on first access: the Keras one reads numpy records, the torchvision one
+    # imports torchvision; neither belongs in `import torchblocks`.
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
