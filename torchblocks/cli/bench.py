@@ -1,7 +1,7 @@
 """``torchblocks bench``: side-by-side benchmarks against plain PyTorch, timm and Keras."""
 import argparse
 
-from . import positive_int
+from ._common import positive_int
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:

@@ -5,7 +5,7 @@ import json
 import sys
 from typing import Dict, List, Sequence, Tuple
 
-from . import MACS_NOTE, UsageError, add_format, add_input_size, model_name, positive_int
+from ._common import MACS_NOTE, UsageError, add_format, add_input_size, model_name, positive_int
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:

@@ -2,7 +2,7 @@
 import argparse
 import json
 
-from . import UNITS_NOTE, add_format, add_input_size, model_name, positive_int
+from ._common import UNITS_NOTE, add_format, add_input_size, model_name, positive_int
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
