@@ -270,3 +270,46 @@ def test_compare_flops_script_runs_the_compare_command(monkeypatch, capsys):
     assert info.value.code == 0
     (row,) = json.loads(capsys.readouterr().out)["models"]
     assert (row["name"], row["params"], row["macs"]) == ("SeparableConvNet", 38_949, 21_153_228)
+
+
+@pytest.mark.parametrize("fmt, suffix", [("torchscript", "pt"), ("exported", "pt2"), ("onnx", "onnx")])
+def test_cli_export_writes_a_verified_file(fmt, suffix, tmp_path, capsys):
+    out = tmp_path / f"net.{suffix}"
+    code = main(["export", "SeparableConvNet", "--out", str(out), "--format", fmt, "--input-size", "3", "32", "32"])
+    assert code == 0
+    assert out.stat().st_size > 0
+    assert "verified against eager" in capsys.readouterr().out
+
+
+# argv -> (exit status: 2 for a malformed command line, 1 for a failure; message)
+EXPORT_ERRORS = [
+    (["SeparableConvNet", "--out", "{tmp}/n.pt", "--format", "keras"], 2, "argument --format: invalid choice: 'keras'"),
+    (["SeparableConvNet", "--out", "/nonexistent-dir/n.pt"], 1, "argument `path`"),
+    (["SeparableConvNet", "--out", "{tmp}"], 1, "Expected a file, not a directory"),
+    (["NoSuchNet", "--out", "{tmp}/n.pt"], 2, "unknown model 'NoSuchNet'"),
+    (["SeparableConvNet", "--out", "{tmp}/n.pt", "--batch", "0"], 2, "expected a positive integer, received '0'"),
+]
+
+
+@pytest.mark.parametrize("argv, status, match", EXPORT_ERRORS)
+def test_cli_export_bad_input_is_a_one_line_error(argv, status, match, tmp_path, capsys):
+    code = main(["export", *[a.format(tmp=tmp_path) for a in argv]])
+    err = capsys.readouterr().err
+    assert code == status
+    assert len(err.strip().splitlines()) == 1 and match in err
+
+
+def test_cli_export_model_names_are_case_insensitive(tmp_path, capsys):
+    assert main(["export", "separableconvnet", "--out", str(tmp_path / "n.pt"), "--input-size", "3", "32", "32"]) == 0
+    assert "SeparableConvNet" in capsys.readouterr().out
+
+
+def test_export_script_runs(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "export_torchscript.py")
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", script, "SeparableConvNet", "--out", str(tmp_path / "n.pt")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = torch.jit.load(str(tmp_path / "n.pt"))
+    assert loaded(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -110,6 +110,10 @@ def writable_path(path: PathArg) -> str:
     """``path`` as a str if it names a file in an existing, writable folder, else ``ValueError``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(
+            f"Invalid value for argument `path`. Expected a file, not a directory. Received path={path!r}."
+        )
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise ValueError(
             f"Invalid value for argument `path`. Expected a file in an existing, writable folder. "
