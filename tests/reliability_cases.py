@@ -53,6 +53,8 @@ LAYER_CASES = [
     pytest.param(lambda: tb.AvgPool2d(3, 2, "same"), (2, 2, 7, 6), id="avgpool-same-stride2"),
     pytest.param(lambda: tb.AvgPool2d(3, 1, "same"), (2, 2, 5, 5), id="avgpool-same-static"),
     pytest.param(lambda: tb.AvgPool2d(3, 1, 1), (2, 2, 4, 4), id="avgpool-int-pad"),
+    pytest.param(lambda: tb.GlobalAvgPool2d(), (2, 3, 5, 4), id="global-avgpool"),
+    pytest.param(lambda: tb.GlobalMaxPool2d(keepdims=True), (2, 3, 5, 4), id="global-maxpool-keepdims"),
     pytest.param(lambda: tb.Dense(5, 4, activation="sigmoid"), (3, 5), id="dense"),
     pytest.param(lambda: tb.Dense(5, 4), (2, 3, 5), id="dense-3d"),
     pytest.param(lambda: tb.BatchNorm(3), (4, 3, 3, 3), id="bn-axis1"),
