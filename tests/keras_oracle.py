@@ -186,3 +186,71 @@ def check_scripted(module: nn.Module, inputs: Sequence[Tensor]) -> None:
         expected = module(*inputs)
         torch.testing.assert_close(scripted(*inputs), expected, rtol=0, atol=0)
         torch.testing.assert_close(loaded(*inputs), expected, rtol=0, atol=0)
+
+
+def randomize(model, rng: np.random.Generator) -> None:
+    """Random weights for every layer of a Keras layer or model: He-normal kernels (by each output's
+    fan-in, so deep models keep their signal; Keras' Glorot starves depthwise kernels), and random
+    biases and BatchNorm parameters/statistics (Keras zeroes or ones them)."""
+    layers = model.layers if isinstance(model, keras().Model) else [model]
+    for layer in layers:
+        if isinstance(layer, keras().Model):
+            randomize(layer, rng)
+            continue
+        depthwise = isinstance(layer, keras().layers.DepthwiseConv2D)
+        for w in layer.weights:
+            shape = tuple(w.shape)
+            if w.name == "depthwise_kernel" or (depthwise and w.name == "kernel"):
+                value = rng.normal(0.0, np.sqrt(2.0 / (shape[0] * shape[1])), size=shape)
+            elif w.name in ("kernel", "pointwise_kernel"):
+                value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), size=shape)
+            elif w.name in ("moving_variance", "gamma"):
+                value = rng.uniform(0.5, 1.5, size=shape)
+            else:
+                value = rng.normal(0.0, 0.1, size=shape)
+            w.assign(value.astype(np.float32))
+
+
+def calibrate_bn(model, x: np.ndarray) -> None:
+    """Moving statistics := the statistics of batch ``x``: one training-mode pass with BN
+    momentum 0, then the momenta restored (so the interop still has Keras' to convert)."""
+    bns = [l for l in model.layers if isinstance(l, keras().layers.BatchNormalization)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    with torch.no_grad():
+        model(x, training=True)
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+
+
+def snapshot(module: nn.Module) -> dict:
+    """Every tensor of the state dict, cloned, plus BatchNorm eps/momentum."""
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+            state[name + ".eps"], state[name + ".momentum"] = sub.eps, sub.momentum
+    return state
+
+
+def assert_unchanged(module: nn.Module, before: dict) -> None:
+    after = snapshot(module)
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(after[key], value), key
+        else:
+            assert after[key] == value, key
+
+
+def keras_nchw(model, x: np.ndarray, **kwargs) -> np.ndarray:
+    """Keras output for an NCHW (or (N, F)) array, 4-D outputs returned as NCHW."""
+    out = to_numpy(model(nchw_to_nhwc(x) if x.ndim == 4 else x, **kwargs))
+    return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
+
+
+def images(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """Normal noise plus a random offset per sample and channel: global average pooling would
+    reduce pure noise images to nearly the same features, leaving the oracle insensitive."""
+    offsets = rng.normal(0.0, 1.0, size=shape[:2] + (1,) * (len(shape) - 2))
+    return (rng.normal(0.0, 1.0, size=shape) + offsets).astype(np.float32)

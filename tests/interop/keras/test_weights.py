@@ -1,4 +1,4 @@
-"""Keras interop: ``load_keras_weights`` (layers, models, files; all-or-nothing) and ``from_keras``.
+"""``load_keras_weights``: layers, models, ``.keras`` and ``.weights.h5`` files, all-or-nothing.
 
 Keras 3 on the torch backend is the oracle: each test runs the Keras layer or model itself and
 compares with the torch module at 1e-5 relative (1e-4 for Xception), after checking that the
@@ -14,91 +14,28 @@ from torch import nn
 import torchblocks as tb
 from keras_oracle import (
     assert_rel_close,
-    book_separable_model,
-    check_scripted,
+    assert_unchanged,
+    calibrate_bn,
+    images,
     keras,
+    keras_nchw,
     nchw_to_nhwc,
     random_weights,
+    randomize,
     rel_error,
     run_keras_nchw,
     run_torch,
+    snapshot,
     to_numpy,
 )
-from torchblocks.interop.keras import KerasLoadResult, from_keras, load_keras_weights
+
+# The README's path: `import torchblocks as tb`, then `tb.interop.keras`.
+KerasLoadResult = tb.interop.keras.KerasLoadResult
+from_keras = tb.interop.keras.from_keras
+load_keras_weights = tb.interop.keras.load_keras_weights
 
 RTOL = 1e-5
 XCEPTION_RTOL = 1e-4
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _randomize(model, rng: np.random.Generator) -> None:
-    """Random weights for every layer of a Keras layer or model: He-normal kernels (by each output's
-    fan-in, so deep models keep their signal; Keras' Glorot starves depthwise kernels), and random
-    biases and BatchNorm parameters/statistics (Keras zeroes or ones them)."""
-    layers = model.layers if isinstance(model, keras().Model) else [model]
-    for layer in layers:
-        if isinstance(layer, keras().Model):
-            _randomize(layer, rng)
-            continue
-        depthwise = isinstance(layer, keras().layers.DepthwiseConv2D)
-        for w in layer.weights:
-            shape = tuple(w.shape)
-            if w.name == "depthwise_kernel" or (depthwise and w.name == "kernel"):
-                value = rng.normal(0.0, np.sqrt(2.0 / (shape[0] * shape[1])), size=shape)
-            elif w.name in ("kernel", "pointwise_kernel"):
-                value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), size=shape)
-            elif w.name in ("moving_variance", "gamma"):
-                value = rng.uniform(0.5, 1.5, size=shape)
-            else:
-                value = rng.normal(0.0, 0.1, size=shape)
-            w.assign(value.astype(np.float32))
-
-
-def _calibrate_bn(model, x: np.ndarray) -> None:
-    """Moving statistics := the statistics of batch ``x``: one training-mode pass with BN
-    momentum 0, then the momenta restored (so the interop still has Keras' to convert)."""
-    bns = [l for l in model.layers if isinstance(l, keras().layers.BatchNormalization)]
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    with torch.no_grad():
-        model(x, training=True)
-    for bn, momentum in zip(bns, saved):
-        bn.momentum = momentum
-
-
-def _snapshot(module: nn.Module) -> dict:
-    """Every tensor of the state dict, cloned, plus BatchNorm eps/momentum."""
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-            state[name + ".eps"], state[name + ".momentum"] = sub.eps, sub.momentum
-    return state
-
-
-def _assert_unchanged(module: nn.Module, before: dict) -> None:
-    after = _snapshot(module)
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(after[key], value), key
-        else:
-            assert after[key] == value, key
-
-
-def _keras_nchw(model, x: np.ndarray, **kwargs) -> np.ndarray:
-    """Keras output for an NCHW (or (N, F)) array, 4-D outputs returned as NCHW."""
-    out = to_numpy(model(nchw_to_nhwc(x) if x.ndim == 4 else x, **kwargs))
-    return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
-
-
-def _images(rng: np.random.Generator, *shape: int) -> np.ndarray:
-    """Normal noise plus a random offset per sample and channel: global average pooling would
-    reduce pure noise images to nearly the same features, leaving the oracle insensitive."""
-    offsets = rng.normal(0.0, 1.0, size=shape[:2] + (1,) * (len(shape) - 2))
-    return (rng.normal(0.0, 1.0, size=shape) + offsets).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- single layers
@@ -119,7 +56,7 @@ def test_conv2d_round_trip(rng, kernel, strides, dilation, padding, use_bias, ac
         6, kernel, strides=strides, padding=padding, dilation_rate=dilation, use_bias=use_bias,
         activation=activation, groups=groups,
     )
-    x = _images(rng, 2, 4, *size)
+    x = images(rng, 2, 4, *size)
     layer(nchw_to_nhwc(x))
     random_weights(layer, rng)
     conv = tb.Conv2d(4, 6, kernel, strides, padding, dilation, groups, use_bias, activation=activation)
@@ -133,7 +70,7 @@ def test_conv2d_round_trip(rng, kernel, strides, dilation, padding, use_bias, ac
 def test_conv2d_into_plain_torch_conv(rng):
     """Keras 'same' at stride 1 with an odd kernel is nn.Conv2d(padding=k // 2)."""
     layer = keras().layers.Conv2D(5, 3, padding="same")
-    x = _images(rng, 2, 3, 8, 7)
+    x = images(rng, 2, 3, 8, 7)
     layer(nchw_to_nhwc(x))
     random_weights(layer, rng)
     conv = nn.Conv2d(3, 5, 3, padding=1)
@@ -154,7 +91,7 @@ def test_depthwise_round_trip(rng, kernel, strides, dilation, padding, multiplie
     layer = keras().layers.DepthwiseConv2D(
         kernel, strides=strides, padding=padding, dilation_rate=dilation, depth_multiplier=multiplier
     )
-    x = _images(rng, 2, 4, *size)
+    x = images(rng, 2, 4, *size)
     layer(nchw_to_nhwc(x))
     random_weights(layer, rng)
     conv = tb.DepthwiseConv2d(4, kernel, strides, padding, dilation, multiplier)
@@ -170,7 +107,7 @@ def test_separable_round_trip(rng, kernel, strides, dilation, padding, multiplie
         7, kernel, strides=strides, padding=padding, dilation_rate=dilation,
         depth_multiplier=multiplier, activation="relu",
     )
-    x = _images(rng, 2, 4, *size)
+    x = images(rng, 2, 4, *size)
     layer(nchw_to_nhwc(x))
     random_weights(layer, rng)
     sep = tb.SeparableConv2d(4, 7, kernel, strides, padding, dilation, multiplier, activation="relu")
@@ -193,7 +130,7 @@ BN_CASES = [
 def test_batchnorm_round_trip(rng, make, shape, center, scale):
     """Inference output, epsilon and momentum (Keras m -> torch 1 - m); center/scale False."""
     layer = keras().layers.BatchNormalization(epsilon=0.01, momentum=0.8, center=center, scale=scale)
-    x = _images(rng, *shape)
+    x = images(rng, *shape)
     channels_last = isinstance(make(), tb.BatchNorm) and make().axis == -1
     x_keras = x if channels_last or x.ndim == 2 else nchw_to_nhwc(x)
     layer(x_keras)
@@ -219,7 +156,7 @@ def test_dense_round_trip(rng, make):
     layer = keras().layers.Dense(
         4, use_bias=target.bias is not None, activation="tanh" if isinstance(target, tb.Dense) else None
     )
-    x = _images(rng, 3, 6)
+    x = images(rng, 3, 6)
     layer(x)
     random_weights(layer, rng)
     load_keras_weights(target, layer)
@@ -264,10 +201,10 @@ MISMATCH_CASES = [
 @pytest.mark.parametrize("make_layer, make_module, message", MISMATCH_CASES)
 def test_layer_mismatch_raises_and_leaves_module_unchanged(make_layer, make_module, message):
     layer, module = make_layer(), make_module()
-    before = _snapshot(module)
+    before = snapshot(module)
     with pytest.raises(ValueError, match=message):
         load_keras_weights(module, layer)
-    _assert_unchanged(module, before)
+    assert_unchanged(module, before)
 
 
 def test_bad_arguments():
@@ -300,7 +237,7 @@ def _mixed_model(seed: int):
     x = L.GlobalAveragePooling2D()(x)
     x = L.Dense(5)(x)
     model = keras().Model(inp, x)
-    _randomize(model, np.random.default_rng(seed))
+    randomize(model, np.random.default_rng(seed))
     return model
 
 
@@ -326,8 +263,8 @@ def _save(model, tmp_path, kind: str) -> str:
 def test_whole_model_loading(rng, tmp_path, mixed_models, kind):
     oracle, donor = mixed_models
     module = from_keras(donor).eval()  # same architecture, other weights
-    x = _images(rng, 2, 3, 10, 9)
-    expected = _keras_nchw(oracle, x, training=False)
+    x = images(rng, 2, 3, 10, 9)
+    expected = keras_nchw(oracle, x, training=False)
     assert rel_error(run_torch(module, x), expected) > 1e-2
     result = load_keras_weights(module, _save(oracle, tmp_path, kind))
     keras_order = [l.name for l in oracle.layers if l.weights]
@@ -359,7 +296,7 @@ def _other_model():
 @pytest.mark.parametrize("kind", ["object", "keras", "h5"])
 def test_other_models_weights_list_every_problem_and_load_nothing(tmp_path, mixed_models, kind):
     module = from_keras(mixed_models[1])
-    before = _snapshot(module)
+    before = snapshot(module)
     with pytest.raises(ValueError) as info:
         load_keras_weights(module, _save(_other_model(), tmp_path, kind))
     message = str(info.value)
@@ -369,7 +306,7 @@ def test_other_models_weights_list_every_problem_and_load_nothing(tmp_path, mixe
     for torch_name in ("'conv2d", "'batch_normalization", "'depthwise_conv2d", "'separable_conv2d", "'dense"):
         assert f"torch {torch_name}" in message
     assert "no torch Linear left to receive it" in message
-    _assert_unchanged(module, before)
+    assert_unchanged(module, before)
 
 
 @pytest.mark.parametrize("kind", ["keras", "h5"])
@@ -379,10 +316,10 @@ def test_truncated_file_raises_and_leaves_module_unchanged(tmp_path, mixed_model
     with open(path, "wb") as f:
         f.write(data[: len(data) // 2])
     module = from_keras(mixed_models[1])
-    before = _snapshot(module)
+    before = snapshot(module)
     with pytest.raises(ValueError, match="Could not read the Keras"):
         load_keras_weights(module, path)
-    _assert_unchanged(module, before)
+    assert_unchanged(module, before)
 
 
 def test_corrupt_keras_archive(tmp_path, mixed_models):
@@ -393,19 +330,19 @@ def test_corrupt_keras_archive(tmp_path, mixed_models):
             data = src.read(item)
             dst.writestr(item, b"\x89HDF garbage" if item.filename.endswith(".h5") else data)
     module = from_keras(mixed_models[1])
-    before = _snapshot(module)
+    before = snapshot(module)
     with pytest.raises(ValueError, match="Could not read the Keras model file"):
         load_keras_weights(module, path)
-    _assert_unchanged(module, before)
+    assert_unchanged(module, before)
 
 
 def test_non_strict_reports_leftovers(mixed_models):
     oracle = mixed_models[0]
     module = nn.Sequential(from_keras(mixed_models[1]), nn.Linear(5, 2))
-    before = _snapshot(module)
+    before = snapshot(module)
     with pytest.raises(ValueError, match=r"torch '1' \(Linear\): no Keras layer of its kind"):
         load_keras_weights(module, oracle)
-    _assert_unchanged(module, before)  # every other layer fitted, and none was loaded
+    assert_unchanged(module, before)  # every other layer fitted, and none was loaded
     result = load_keras_weights(module, oracle, strict=False)
     assert result.missing == ["1"]
     assert result.unexpected == []
@@ -415,7 +352,7 @@ def test_non_strict_reports_leftovers(mixed_models):
 def test_batchnorm_without_scale_in_h5_needs_the_model(tmp_path, rng):
     L = keras().layers
     model = keras().Sequential([keras().Input((4,)), L.Dense(3), L.BatchNormalization(scale=False)])
-    _randomize(model, rng)
+    randomize(model, rng)
     path = _save(model, tmp_path, "h5")
     module = from_keras(model)
     with pytest.raises(ValueError, match="cannot tell whether gamma"):
@@ -430,198 +367,6 @@ def test_unsupported_weighted_keras_layer_is_listed(rng):
         load_keras_weights(tb.Dense(4, 3), model)
 
 
-# --------------------------------------------------------------------------- from_keras
-
-
-def _check_conversion(model, x: np.ndarray, rtol: float = RTOL, training: bool = False) -> nn.Module:
-    """from_keras(model) reproduces model on x (NCHW); returns the converted module."""
-    module = from_keras(model)
-    module.train(training)
-    expected = _keras_nchw(model, x, training=training)
-    assert_rel_close(run_torch(module, x), expected, rtol)
-    return module
-
-
-def _identity_block():
-    L = keras().layers
-    x = keras().Input((9, 7, 128))
-    y = L.Conv2D(128, 3, activation="relu", padding="same")(x)
-    y = L.Conv2D(128, 3, activation="relu", padding="same")(y)
-    y = L.Conv2D(128, 3, activation="relu", padding="same")(y)
-    y = L.add([y, x])
-    return keras().Model(x, y)
-
-
-def _downsampling_block():
-    L = keras().layers
-    x = keras().Input((10, 8, 64))
-    y = L.Conv2D(128, 3, activation="relu", padding="same")(x)
-    y = L.Conv2D(128, 3, activation="relu", padding="same")(y)
-    y = L.MaxPooling2D(2, strides=2)(y)
-    residual = L.Conv2D(128, 1, strides=2, padding="same")(x)
-    y = L.add([y, residual])
-    return keras().Model(x, y)
-
-
-def _conv_bn():
-    L = keras().layers
-    model = keras().Sequential([keras().Input((9, 8, 3))])
-    model.add(L.Conv2D(32, 3, activation="relu"))
-    model.add(L.BatchNormalization())
-    return model
-
-
-def _dense_bn():
-    L = keras().layers
-    model = keras().Sequential([keras().Input((20,))])
-    model.add(L.Dense(32, activation="relu"))
-    model.add(L.BatchNormalization())
-    return model
-
-
-# The book's snippets: (Keras model factory, NCHW/(N, F) input shape, torchblocks block factory).
-BOOK_SNIPPETS = [
-    (_identity_block, (2, 128, 9, 7), lambda: tb.IdentityResidualBlock(128)),
-    (_downsampling_block, (2, 64, 10, 8), lambda: tb.DownsamplingResidualBlock(64, 128)),
-    (_conv_bn, (4, 3, 9, 8), lambda: tb.ConvBN(3, 32, 3)),
-    (_dense_bn, (6, 20), lambda: tb.DenseBN(20, 32)),
-]
-
-
-@pytest.mark.parametrize("make_model, shape, make_block", BOOK_SNIPPETS)
-def test_book_snippets(rng, make_model, shape, make_block):
-    """from_keras reproduces the snippet, and so does the ready-made torchblocks block after
-    load_keras_weights; BN statistics come from a real batch."""
-    model = make_model()
-    _randomize(model, rng)
-    x = _images(rng, *shape)
-    _calibrate_bn(model, x if x.ndim == 2 else nchw_to_nhwc(x))
-    x = _images(rng, *shape)
-    _check_conversion(model, x)
-    block = make_block().eval()
-    load_keras_weights(block, model)
-    assert_rel_close(run_torch(block, x), _keras_nchw(model, x, training=False), RTOL)
-
-
-@pytest.mark.parametrize("make_model, shape", [(_conv_bn, (4, 3, 9, 8)), (_dense_bn, (6, 20))])
-def test_batchnorm_training_mode(rng, make_model, shape):
-    model = make_model()
-    _randomize(model, rng)
-    _check_conversion(model, _images(rng, *shape), training=True)
-
-
-def _random_separable_convnet(rng: np.random.Generator):
-    model = book_separable_model()  # verbatim, softmax included
-    _randomize(model, rng)
-    # Small logits keep the softmax out of saturation, where every input gives the same one-hot.
-    last = model.layers[-1]
-    last.kernel.assign(last.kernel * 0.05)
-    return model
-
-
-# torch.fx.GraphModule's own __init__ triggers this TorchScript warning when scripted.
-@pytest.mark.filterwarnings("ignore:The TorchScript type system doesn't support instance-level")
-def test_book_separable_model(rng):
-    model = _random_separable_convnet(rng)
-    x = _images(rng, 2, 3, 64, 64)
-    module = _check_conversion(model, x)
-    probabilities = run_torch(module, x)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)  # the softmax is kept
-    assert rel_error(probabilities[0], probabilities[1]) > 100 * RTOL  # the oracle is sensitive
-    check_scripted(module, (torch.from_numpy(x),))
-
-
-def test_book_separable_model_into_separable_convnet(rng):
-    """tb.models.SeparableConvNet returns logits: softmax(logits) is the Keras model's output."""
-    models = pytest.importorskip("torchblocks.models")
-    model = _random_separable_convnet(rng)
-    x = _images(rng, 2, 3, 64, 64)
-    net = models.SeparableConvNet(3, 10).eval()
-    load_keras_weights(net, model)
-    probabilities = torch.softmax(torch.from_numpy(run_torch(net, x)), dim=1).numpy()
-    assert_rel_close(probabilities, _keras_nchw(model, x), RTOL)
-
-
-def _flatten_model(tail: str):
-    L = keras().layers
-    inp = keras().Input((5, 6, 4))
-    x = L.Conv2D(3, 3, padding="same", activation="relu")(inp)
-    x = L.Flatten()(x)
-    if tail == "flatten":
-        return keras().Model(inp, x)
-    if tail == "dropout_bn_dense":
-        x = L.BatchNormalization()(L.Dropout(0.5)(x))
-    return keras().Model(inp, L.Dense(7)(x))
-
-
-@pytest.mark.parametrize("tail", ["dense", "dropout_bn_dense", "flatten"])
-@pytest.mark.filterwarnings("ignore:The TorchScript type system doesn't support instance-level")
-def test_flatten_dense_feature_order(rng, tail):
-    """Keras flattens (h, w, c): the converted Dense rows are permuted (or, where the flattened
-    features are an output, they are flattened in Keras order)."""
-    model = _flatten_model(tail)
-    _randomize(model, rng)
-    x = _images(rng, 2, 4, 5, 6)
-    module = _check_conversion(model, x)
-    if tail == "dense":
-        # The naive port (torch's (c, h, w) flatten, unpermuted kernel) is wrong: the check can fail.
-        conv_out = torch.from_numpy(run_keras_nchw(model.layers[1], x))
-        kernel, bias = (torch.from_numpy(to_numpy(w)) for w in model.layers[3].weights)
-        naive = (conv_out.flatten(1) @ kernel + bias).numpy()
-        assert rel_error(naive, run_torch(module, x)) > 1e-2
-    check_scripted(module, (torch.from_numpy(x),))
-
-
-def _kitchen_sink():
-    """The remaining supported layers, and a nested Sequential."""
-    L = keras().layers
-    inp = keras().Input((11, 10, 3), name="image")
-    x = L.ZeroPadding2D(((1, 0), (2, 1)))(inp)
-    x = L.Conv2D(6, 4, strides=2, padding="same", use_bias=False)(x)
-    x = L.BatchNormalization(center=False)(x)
-    x = L.ReLU(max_value=6.0)(x)
-    x = L.DepthwiseConv2D(3, strides=2, padding="same", activation="relu6")(x)
-    x = L.Dense(5, activation="relu", name="pixelwise")(x)  # on a feature map: a 1×1 conv
-    x = L.AveragePooling2D(2, padding="valid")(x)
-    x = L.Activation("tanh")(L.ReLU(negative_slope=0.1)(x))
-    x = L.MaxPooling2D(3, strides=2, padding="same")(x)
-    x = keras().Sequential([L.Conv2D(4, 1, name="nested_conv"), L.Dropout(0.1)])(x)
-    x = L.GlobalAveragePooling2D(keepdims=True)(x)
-    x = L.Flatten()(x)
-    return keras().Model(inp, L.Dense(3)(x))
-
-
-@pytest.mark.filterwarnings("ignore:The TorchScript type system doesn't support instance-level")
-def test_other_supported_layers(rng):
-    model = _kitchen_sink()
-    _randomize(model, rng)
-    x = _images(rng, 2, 3, 11, 10)
-    module = _check_conversion(model, x)
-    check_scripted(module, (torch.from_numpy(x),))
-    assert isinstance(module.pixelwise, tb.Conv2d) and module.pixelwise.kernel_size == (1, 1)
-
-
-def test_unsupported_layer_raises():
-    L = keras().layers
-    inp = keras().Input((8, 8, 3))
-    x = L.Conv2D(4, 3)(inp)
-    model = keras().Model(inp, L.Concatenate(name="concat")([x, x]))
-    with pytest.raises(ValueError, match=r"layer 'concat' of class Concatenate: not supported"):
-        from_keras(model)
-
-
-def test_unbuilt_sequential_raises():
-    with pytest.raises(ValueError, match="has no input shape"):
-        from_keras(keras().Sequential([keras().layers.Dense(2)]))
-
-
-def test_converted_module_registers_layers_in_keras_order():
-    model = _downsampling_block()
-    module = from_keras(model)
-    names = [name for name, _ in module.named_children()]
-    assert names == [l.name for l in model.layers if not isinstance(l, keras().layers.InputLayer)]
-
-
 # --------------------------------------------------------------------------- Xception (slow)
 
 
@@ -632,7 +377,7 @@ def keras_xceptions():
     apps = keras().applications
     features = apps.Xception(weights=None, include_top=False, pooling="avg", input_shape=(None, None, 3))
     rng = np.random.default_rng(7)
-    _calibrate_bn(features, rng.uniform(-1, 1, size=(4, 101, 103, 3)).astype(np.float32))
+    calibrate_bn(features, rng.uniform(-1, 1, size=(4, 101, 103, 3)).astype(np.float32))
     classifier = apps.Xception(weights=None, classifier_activation=None)
     weighted = [l for l in classifier.layers if l.weights]
     for source, target in zip([l for l in features.layers if l.weights], weighted):
@@ -642,7 +387,7 @@ def keras_xceptions():
 
 
 def _check_xception(keras_model, module: nn.Module, x: np.ndarray) -> None:
-    expected = _keras_nchw(keras_model, x, training=False)
+    expected = keras_nchw(keras_model, x, training=False)
     # The oracle is sensitive: the two images' outputs differ by far more than the tolerance.
     assert rel_error(expected[0], expected[1]) > 100 * XCEPTION_RTOL
     assert_rel_close(run_torch(module.eval(), x), expected, XCEPTION_RTOL)
