@@ -195,11 +195,16 @@ def test_default_path_scripts_copies_and_pickles(small_net):
             torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
 
 
-def test_default_path_without_onednn_keeps_plain_convs_and_stays_exact(small_net, monkeypatch):
-    # A torch built without oneDNN (or without the ops inductor uses) gets the same path, unpacked.
+def test_default_path_without_onednn_falls_back_with_one_warning(small_net, monkeypatch):
+    # A torch built without oneDNN, or one that renamed the private ops: the probe says no.
     monkeypatch.setattr(_onednn, "available", lambda: False)
+    monkeypatch.setattr(_onednn, "unavailable_reason", lambda: "probe failed")
     model, x = small_net
-    optimized = tb.optimize_for_inference(model, x)
+    with pytest.warns(RuntimeWarning, match=r"unavailable \(probe failed\); using method 'fuse_bn\+channels_last'"):
+        optimized = tb.optimize_for_inference(model, x)
     assert not any(isinstance(m, PackedConv2d) for m in optimized.modules())
     with torch.no_grad():
         _close(optimized(x), model(x), rtol=1e-4)
+    with pytest.raises(NotImplementedError, match="needs oneDNN weight packing, which is unavailable here: probe failed"):
+        tb.optimize_for_inference(model, x, method="fuse_bn+channels_last+packed")
+

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import torchblocks as tb
+from torchblocks import _onednn
 from torchblocks._onednn import PackedConv2d
 
 
@@ -90,3 +91,9 @@ def test_packed_conv_names_the_layer_on_a_wrong_input():
     _, packed, _, _ = _packed("depthwise_m2")
     with pytest.raises(ValueError, match=r"DepthwiseConv2d expects \(N, 4, H, W\) input"):
         packed(torch.randn(1, 5, 8, 8))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_probe_runs_a_packed_conv_where_torch_has_onednn():
+    # If torch renamed the private ops, this fails here rather than the default path degrading unseen.
+    assert _onednn.unavailable_reason() == "" and _onednn.available()

@@ -185,18 +185,17 @@ def pack_convs(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
     Every packable conv that ``inputs`` reach becomes a ``PackedConv2d``, with the ReLU of
     ``relu_plan`` fused (that ReLU becomes ``nn.Identity``); the other ReLUs of the plan run in
     place; a ``SeparableConv2d`` whose example batch spans several blocks becomes a
-    ``BlockedSeparable``. Without oneDNN (or for non-float32 / non-CPU convs) only the ReLU and
-    block changes apply.
+    ``BlockedSeparable``. Needs ``_onednn.available()``.
     """
     if _packable(model):
-        return PackedConv2d(model, _conv_input_sizes(model, inputs)[""]) if _onednn.available() else model
+        return PackedConv2d(model, _conv_input_sizes(model, inputs)[""])
     fused, inplace = relu_plan(model)
     sizes = _conv_input_sizes(model, inputs)
     separables = [
         name for name, m in model.named_modules()
         if isinstance(m, SeparableConv2d) and _spans_blocks(sizes.get(f"{name}.depthwise" if name else "depthwise"))
     ]
-    for name, size in (sizes.items() if _onednn.available() else ()):
+    for name, size in sizes.items():
         relu = fused.get(name)
         set_submodule(model, name, PackedConv2d(model.get_submodule(name), size, relu=relu is not None))
         if relu is not None:
@@ -261,8 +260,14 @@ def _inputs_read_only_by_convs(model: nn.Module) -> bool:
 
 
 def _packed(model: nn.Module, inputs: Tuple[Tensor, ...]) -> nn.Module:
+    if not _onednn.available():
+        raise NotImplementedError(
+            f"optimize_for_inference: method {_PACKED!r} needs oneDNN weight packing, which is "
+            f"unavailable here: {_onednn.unavailable_reason()}. Use method='auto' or "
+            f"'fuse_bn+channels_last'."
+        )
     model = model.to(memory_format=torch.channels_last)
-    convert_inputs = not (_onednn.available() and _inputs_read_only_by_convs(model))
+    convert_inputs = not _inputs_read_only_by_convs(model)
     packed = pack_convs(model, tuple(x.contiguous(memory_format=torch.channels_last) for x in inputs))
     if not _PackedTracer().is_leaf_module(packed, ""):
         packed = flatten(packed)
@@ -305,7 +310,8 @@ def optimize_for_inference(
 ) -> nn.Module:
     """The fastest exact CPU inference path for ``model``, checked against eager mode.
 
-    ``"auto"`` is ``"fuse_bn+channels_last+packed"``, in eager mode: BatchNorm folded into the
+    ``"auto"`` is ``"fuse_bn+channels_last+packed"`` (where oneDNN weight packing works in this
+    torch build; else ``"fuse_bn+channels_last"``, with a ``RuntimeWarning``), in eager mode: BatchNorm folded into the
     convs (``fuse_bn``), channels-last memory, every conv a ``PackedConv2d`` (weight pre-packed
     for oneDNN for the example input's size, a ReLU that only reads its output fused in), the other
     sole-reader ReLUs in place, a ``SeparableConv2d`` whose example batch spans several cache-sized
@@ -328,7 +334,7 @@ def optimize_for_inference(
     inputs = as_input_tuple(example_inputs, "example_inputs")
     eager = copy.deepcopy(model).eval()
     candidates = inference_candidates(eager, inputs)
-    choice = _DEFAULT_METHOD if method == "auto" else method
+    choice = _default_method() if method == "auto" else method
     if choice not in candidates:
         raise ValueError(
             f"Invalid value for argument `method`. Expected 'auto' or one of {tuple(candidates)}. "
@@ -340,4 +346,18 @@ def optimize_for_inference(
     return optimized
 
 
-_DEFAULT_METHOD = "fuse_bn+channels_last+packed"
+_PACKED = "fuse_bn+channels_last+packed"
+_FALLBACK = "fuse_bn+channels_last"
+
+
+def _default_method() -> str:
+    """The packed path where oneDNN packing works; else, with a warning, the unpacked one."""
+    if _onednn.available():
+        return _PACKED
+    warnings.warn(
+        f"optimize_for_inference: oneDNN weight packing is unavailable ({_onednn.unavailable_reason()}); "
+        f"using method {_FALLBACK!r}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return _FALLBACK
