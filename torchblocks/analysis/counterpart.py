@@ -15,14 +15,14 @@ def _full_conv(module: nn.Module) -> Conv2d:
     """The full ``Conv2d`` doing the job of a separable or depthwise conv (fresh weights)."""
     if isinstance(module, SeparableConv2d):
         spatial, out_channels, bias, act = (
-            module.depthwise, module.out_channels, module.pointwise.bias, module.act)
+            module.depthwise, module.out_channels, module.pointwise.bias, module.activation_arg())
     else:
-        spatial, out_channels, bias, act = module, module.out_channels, module.bias, module.act
+        spatial, out_channels, bias, act = module, module.out_channels, module.bias, module.activation_arg()
     weight = spatial.weight
     return Conv2d(
         spatial.in_channels, out_channels, spatial.kernel_size, spatial.stride,
         spatial.padding_spec, spatial.dilation, bias=bias is not None,
-        activation=copy.deepcopy(act), device=weight.device, dtype=weight.dtype,
+        activation=act, device=weight.device, dtype=weight.dtype,
     ).train(module.training)
 
 
