@@ -16,7 +16,6 @@ from collections import OrderedDict
 
 import ptflops
 import pytest
-import thop
 import torch
 import torch.fx
 import torch.nn.utils.prune
@@ -26,6 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import torchblocks as tb
 from torchblocks.padding import same_padding, same_pool_plan
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # thop's import uses distutils' LooseVersion
+    import thop
 
 
 class PlainResidual(nn.Module):

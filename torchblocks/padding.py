@@ -202,16 +202,17 @@ def pad_same(x: Tensor, table_h: List[List[int]], table_w: List[List[int]]) -> T
     if torch.jit.is_tracing():
         return _pad_same_traced(x, table_h, table_w), [0, 0]
     pads = same_pads(x.shape[-2], x.shape[-1], table_h, table_w)
+    # Under torch.fx, pads is a Proxy (same_pads is a leaf): always padded, never a branch on it.
     if isinstance(pads, list) and pads[0] == pads[1] and pads[2] == pads[3]:
         return x, [pads[2], pads[0]]
     return F.pad(x, pads), [0, 0]
 
 
-@torch.fx.wrap
 def same_pool_padding(height: int, width: int, before_h: List[int], before_w: List[int]) -> List[int]:
     """The ``[pad_h, pad_w]`` of ``same_pool_plan`` for an (H, W) input (traced sizes too).
 
-    A ``torch.fx`` leaf that reads only sizes, as ``same_pads``.
+    It reads only sizes: registered as a ``torch.fx`` leaf where it is called (``pooling.py``), FX
+    quantization knows its output is no tensor.
     """
     if torch.jit.is_tracing():
         return _traced_entries(height, width, [[b] for b in before_h], [[b] for b in before_w], 0)

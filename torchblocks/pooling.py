@@ -23,6 +23,7 @@ from .padding import PaddingArg, min_input_hw, normalize_padding, same_pool_padd
 
 Spec = Union[str, Tuple[int, int]]
 
+# Reads sizes in Python: a torch.fx leaf (fx.wrap patches this module's name for it).
 torch.fx.wrap("same_pool_padding")
 
 
