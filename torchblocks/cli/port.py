@@ -28,9 +28,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         ),
     )
     p.add_argument("source", metavar="SRC", help="a Keras 3 .keras file")
-    p.add_argument("--out", required=True, help="the .py file to write (its state dict goes beside it, .pt)")
+    p.add_argument("--out", required=True, help="the .py file to write (the state dict goes beside it)")
     p.add_argument("--input-size", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
-                   help="image size for the check, required when the model's input size is not fixed")
+                   help="image size for the check, needed where the model's input size is not fixed")
     p.add_argument("--batch", type=positive_int, default=2, help="batch size of the check (default 2)")
     p.add_argument("--table", action="store_true", help="print the per-layer error table")
     p.set_defaults(func=run)
@@ -68,10 +68,10 @@ def _load(source: str) -> Any:
 
 def _input_shapes(model: Any, size: Optional[Sequence[int]], batch: int) -> List[List[int]]:
     """The shape of each input in the converted module's layout: (N, C, H, W) or (N, F)."""
-    from ..interop.keras.verify import _is_channels_first
     from ..interop.keras.backend import import_keras
+    from ..interop.keras.verify import is_channels_first
 
-    channels_first = _is_channels_first(import_keras(), model)
+    channels_first = is_channels_first(import_keras(), model)
     shapes = []
     for tensor in model.inputs:
         dims = list(tensor.shape[1:])
@@ -82,7 +82,8 @@ def _input_shapes(model: Any, size: Optional[Sequence[int]], batch: int) -> List
                 h, w = size
             if c is None or h is None or w is None:
                 raise UsageError(
-                    f"input {name!r} has shape {tuple(tensor.shape)}: pass --input-size H W for the check"
+                    f"input {name!r} has shape {tuple(tensor.shape)}: pass --input-size H W for the "
+                    f"check"
                 )
             shapes.append([batch, c, h, w])
         elif len(dims) == 1 and dims[0] is not None:
@@ -140,7 +141,9 @@ def _check_in_fresh_process(source: str, module_path: str, shapes: List[List[int
         return json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the check of the written module failed (exit {done.returncode}): {tail}") from None
+        raise RuntimeError(
+            f"the check of the written module failed (exit {done.returncode}): {tail}"
+        ) from None
 
 
 def _layer_count(model: Any) -> int:
@@ -150,9 +153,13 @@ def _layer_count(model: Any) -> int:
 def run(args: argparse.Namespace) -> int:
     """Load SRC, write OUT.py/OUT.pt to a temporary folder beside OUT, verify them in a fresh
     process, and move them into place only when the conversion is exact."""
-    from tqdm import tqdm
-
+    from ..interop.keras.backend import EXTRA_HINT
     from ..interop.keras.source import to_source
+
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:
+        raise ImportError(f"torchblocks port shows progress with tqdm ({exc}). {EXTRA_HINT}") from exc
 
     source, out = _check_paths(args.source, args.out)
     weights = out[: -len(".py")] + ".pt"
@@ -160,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     shapes = _input_shapes(model, args.input_size, args.batch)
     staging = tempfile.mkdtemp(prefix=".port-", dir=os.path.dirname(os.path.abspath(out)))
     small = _layer_count(model) < LARGE_MODEL_LAYERS
-    with tqdm(total=2, desc="port", unit="stage", file=sys.stderr, leave=False, disable=small) as stages:
+    bar = dict(desc="port", unit="stage", file=sys.stderr, leave=False, disable=small)
+    with tqdm(total=2, **bar) as stages:
         try:
             stages.set_postfix_str("convert and write")
             written = to_source(model, os.path.join(staging, os.path.basename(out)))

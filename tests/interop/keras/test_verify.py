@@ -68,14 +68,15 @@ def test_exact_conversion_reports_every_layer_call(rng):
     assert report[-1].max_abs == pytest.approx(float(np.abs(actual - expected).max()), rel=1e-6)
 
 
-def test_corrupted_weight_names_its_layer(rng):
+@pytest.mark.parametrize("error", [0.05, float("nan")])
+def test_corrupted_weight_names_its_layer(rng, error):
     model = book_separable_model(32, 32)
     randomize(model, rng)
     module = kinterop.from_keras(model)
     x = torch.from_numpy(images(rng, 2, 3, 32, 32))
     name = model.layers[4].name  # the fourth SeparableConv2D (names are numbered per session)
     with torch.no_grad():
-        getattr(module, name).pointwise.weight[5, 7] += 0.05
+        getattr(module, name).pointwise.weight[5, 7] += error
     report = kinterop.verify(model, module, x)
     bad = report.first_divergent
     assert bad is not None and bad.layer == name and bad.keras_class == "SeparableConv2D"
@@ -137,6 +138,17 @@ def test_less_precise_dtype_sets_the_tolerance(rng):
     module = kinterop.from_keras(model).double()
     report = kinterop.verify(model, module, torch.from_numpy(images(rng, 4, 2, 5, 5)).double())
     assert report.exact and {r.tolerance for r in report} == {1e-5}
+
+
+def test_flatten_of_an_input_feeds_permuted_rows(rng):
+    """Flatten right on the image: torch's (c, h, w) features are compared with Keras' (h, w, c)
+    features permuted the same way (the Dense rows after it were)."""
+    L = keras().layers
+    inp = keras().Input((3, 4, 2))
+    model = keras().Model(inp, L.Dense(5)(L.Flatten(name="flat")(inp)))
+    randomize(model, rng)
+    report = kinterop.verify(model, kinterop.from_keras(model), torch.from_numpy(images(rng, 2, 2, 3, 4)))
+    assert report.exact and [r.layer for r in report][0] == "flat"
 
 
 def _two_inputs():

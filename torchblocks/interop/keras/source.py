@@ -18,17 +18,20 @@ import torch
 import torch.fx
 
 from ..._checks import writable_path
+from . import layers as keras_layers
 from .backend import import_keras
 from .convert import from_keras
-from .verify import _is_channels_first
+from .verify import is_channels_first
 from .writers import Call, write
 
 __all__ = ["SourceFiles", "to_source"]
 
 MAX_COLUMNS = 100
-# Names the written module binds at the top level, which a model class must not take.
-_MODULE_NAMES = ("Tensor", "Optional", "Tuple", "build", "torch", "nn", "tb", "os", "Add", "Flatten",
-                 "HardSigmoid", "Exponential")
+# Names the written module may bind at the top level, which a model class must not take.
+_MODULE_NAMES = (
+    ("Tensor", "Optional", "Tuple", "build", "torch", "nn", "tb", "os", "HardSigmoid", "Exponential")
+    + tuple(keras_layers.__all__)
+)
 
 
 class SourceFiles(NamedTuple):
@@ -317,7 +320,7 @@ def to_source(keras_model: Any, path: str) -> SourceFiles:
         raise ValueError(f"Invalid value for argument `path`. Expected a .py file. Received path={path!r}.")
     gm = from_keras(keras_model)
     weights_path = path[: -len(".py")] + ".pt"
-    text, name = _source(keras_model, gm, _is_channels_first(keras, keras_model))
+    text, name = _source(keras_model, gm, is_channels_first(keras, keras_model))
     state = _state_dict(text, path, name, gm)
     weights_temporary: Optional[str] = _temporary_beside(weights_path, lambda p: torch.save(state, p))
     module_temporary: Optional[str] = None

@@ -137,11 +137,11 @@ def _tolerance(dtypes: Sequence[str], rtol: Optional[float]) -> float:
     return max(tolerances)  # the less precise dtype sets the bar; integers must match exactly
 
 
-def _is_channels_first(keras: Any, model: Any) -> bool:
+def is_channels_first(keras: Any, model: Any) -> bool:
     """Whether the model's image layers are channels-first (converted modules keep that layout)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            if _is_channels_first(keras, layer):
+            if is_channels_first(keras, layer):
                 return True
         elif layer.get_config().get("data_format") == "channels_first":
             return True
@@ -263,7 +263,7 @@ def _run_torch(graph_module: torch.fx.GraphModule, inputs: Tuple[Tensor, ...]) -
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n: torch.fx.Node) -> Any:
             result = super().run_node(n)
-            if n.op == "call_module":
+            if n.op in ("placeholder", "call_module"):
                 outputs[n] = result
             return result
 
@@ -313,34 +313,42 @@ def _flatten_permutations(
     return permutations
 
 
-def _as_numpy(keras: Any, value: Any) -> np.ndarray:
+def _as_numpy(keras: Any, value: Any) -> Tuple[np.ndarray, str]:
+    """A Keras output as a float64 array (exact for every float dtype) and its dtype's name."""
     if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(keras.ops.convert_to_numpy(value))
+        return value.detach().cpu().double().numpy(), str(value.dtype).replace("torch.", "")
+    array = np.asarray(keras.ops.convert_to_numpy(value))
+    return array.astype(np.float64), str(array.dtype)
 
 
 def _compare(
-    keras_outs: List[np.ndarray], torch_outs: List[Tensor], rtol: Optional[float]
+    keras_outs: List[Tuple[np.ndarray, str]], torch_outs: List[Tensor], rtol: Optional[float]
 ) -> Tuple[Tuple[int, ...], str, float, float, float, str]:
-    """(shape, dtype, max_abs, max_rel, tolerance, note) of one layer call's outputs."""
+    """(shape, dtypes, max_abs, max_rel, tolerance, note) of one layer call's outputs."""
     if len(keras_outs) != len(torch_outs):
-        return (), "", math.inf, math.inf, 0.0, f"{len(torch_outs)} outputs, Keras has {len(keras_outs)}"
-    dtypes = sorted({str(k.dtype) for k in keras_outs} | {str(t.dtype).replace("torch.", "") for t in torch_outs})
-    tolerance = _tolerance(dtypes, rtol)
+        note = f"{len(torch_outs)} outputs, Keras has {len(keras_outs)}"
+        return (), "", math.inf, math.inf, 0.0, note
+    names = {name for _, name in keras_outs} | {str(t.dtype).replace("torch.", "") for t in torch_outs}
+    dtypes = "/".join(sorted(names))
+    tolerance = _tolerance(sorted(names), rtol)
     worst_abs, scale = 0.0, 0.0
-    for k, t in zip(keras_outs, torch_outs):
-        if tuple(k.shape) != tuple(t.shape):
-            note = f"shape {tuple(t.shape)}, Keras {tuple(k.shape)}"
-            return tuple(t.shape), "/".join(dtypes), math.inf, math.inf, tolerance, note
-        expected = k.astype(np.float64)
+    for (expected, _), t in zip(keras_outs, torch_outs):
+        if tuple(expected.shape) != tuple(t.shape):
+            note = f"shape {tuple(t.shape)}, Keras {tuple(expected.shape)}"
+            return tuple(t.shape), dtypes, math.inf, math.inf, tolerance, note
         actual = t.detach().cpu().double().numpy()
-        if expected.size:
-            worst_abs = max(worst_abs, float(np.abs(expected - actual).max()))
-            scale = max(scale, float(np.abs(expected).max()))
-    if math.isnan(worst_abs):
-        worst_abs = math.inf
+        # Equal entries (infinities included) and NaN in both count as agreeing; a NaN in one only
+        # is an infinite error.
+        same = (expected == actual) | (np.isnan(expected) & np.isnan(actual))
+        with np.errstate(invalid="ignore"):
+            diff = np.where(same, 0.0, np.abs(expected - actual))
+        finite = np.abs(expected[np.isfinite(expected)])
+        if diff.size:
+            worst_abs = max(worst_abs, math.inf if np.isnan(diff).any() else float(diff.max()))
+        if finite.size:
+            scale = max(scale, float(finite.max()))
     rel = worst_abs / scale if scale > 0 else (0.0 if worst_abs == 0 else math.inf)
-    return tuple(torch_outs[0].shape), "/".join(dtypes), worst_abs, rel, tolerance, ""
+    return tuple(torch_outs[0].shape), dtypes, worst_abs, rel, tolerance, ""
 
 
 def verify(
@@ -385,7 +393,7 @@ def verify(
             f"Keras model takes {len(source.inputs)}."
         )
     ordered = _ordered_inputs(inputs, [(e.name, p) for e, p in zip(source.inputs, placeholders)])
-    channels_first = _is_channels_first(keras, keras_model)
+    channels_first = is_channels_first(keras, keras_model)
     for x, entry in zip(ordered, source.inputs):
         _check_input(x, entry.name, entry.shape, channels_first)
     parameter = next(iter(module.parameters()), None)
@@ -402,11 +410,9 @@ def verify(
     finally:
         for m, flag in training.items():
             m.training = flag
-    keras_inputs = [
-        x.detach().cpu().numpy().transpose(0, 2, 3, 1) if x.dim() == 4 and not channels_first
-        else x.detach().cpu().numpy()
-        for x in ordered
-    ]
+    # NumPy has no bfloat16: float32 holds it exactly, and each Keras layer casts to its own dtype.
+    arrays = [(x.float() if x.dtype == torch.bfloat16 else x).detach().cpu().numpy() for x in ordered]
+    keras_inputs = [a.transpose(0, 2, 3, 1) if a.ndim == 4 and not channels_first else a for a in arrays]
     keras_results = _run_keras(keras, source, keras_inputs)
     permutations = _flatten_permutations(graph_module, torch_outputs)
 
@@ -419,19 +425,21 @@ def verify(
         counterparts = by_layer.get(layer.name, [])
         keras_outs = [_as_numpy(keras, o) for o in outs]
         if not counterparts:
-            records.append(LayerError(layer.name, type(layer).__name__, "", (), "", math.inf, math.inf, 0.0,
-                                      "no torch counterpart"))
+            missing = LayerError(layer.name, type(layer).__name__, "", (), "", math.inf, math.inf, 0.0,
+                                 "no torch counterpart")
+            records.append(missing)
             continue
         torch_node = counterparts.pop(0)
         result = torch_outputs[torch_node]
         torch_outs = list(result) if isinstance(result, (list, tuple)) else [result]
         keras_outs = [
-            k.transpose(0, 3, 1, 2) if k.ndim == 4 and not channels_first else k for k in keras_outs
+            (k.transpose(0, 3, 1, 2) if k.ndim == 4 and not channels_first else k, dtype)
+            for k, dtype in keras_outs
         ]
-        if torch_node in permutations and len(keras_outs) == 1 and keras_outs[0].ndim == 2:
-            index = permutations[torch_node]
-            if keras_outs[0].shape[1] == index.size:
-                keras_outs = [keras_outs[0][:, index]]
+        if torch_node in permutations and len(keras_outs) == 1 and keras_outs[0][0].ndim == 2:
+            (features, dtype), index = keras_outs[0], permutations[torch_node]
+            if features.shape[1] == index.size:
+                keras_outs = [(features[:, index], dtype)]
         shape, dtype, max_abs, max_rel, tolerance, note = _compare(keras_outs, torch_outs, rtol)
         records.append(LayerError(
             layer.name, type(layer).__name__, str(torch_node.target), shape, dtype, max_abs, max_rel,
