@@ -16,11 +16,11 @@ from ._common import EXIT_FAILURE, EXIT_USAGE, Parser, UsageError
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchblocks`` parser with every subcommand."""
-    from . import bench, compare, export, summary
+    from . import bench, compare, export, port, summary
 
     parser = Parser(prog="torchblocks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (compare, summary, export, bench):
+    for command in (compare, summary, export, port, bench):
         command.add_parser(sub)
     return parser
 
