@@ -9,7 +9,7 @@ from ..conv import SeparableConv2d
 from .counterpart import Counterpart, build_counterpart, check_eager, nothing_replaced_message
 from .counting import CountReport, Inputs, count, measure_latency
 from .formulas import separable_macs_ratio
-from .meta import MetaCountError, count_meta, on_meta, to_meta
+from .meta import MetaCountError, count_meta, meta_device, on_meta, to_meta
 from .tables import Column, Table
 
 UNITS = (
@@ -167,7 +167,8 @@ def count_with_counterpart(model: nn.Module, inputs: Inputs) -> Tuple[CountRepor
     try:
         meta_model = to_meta(model)
         model_report = count_meta(meta_model, inputs)
-        built = build_counterpart(meta_model, copy_model=False)
+        with meta_device():
+            built = build_counterpart(meta_model, copy_model=False)
         return model_report, count_meta(built.module, inputs), built, False
     except MetaCountError:
         if on_meta(model, inputs):

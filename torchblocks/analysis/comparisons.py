@@ -5,9 +5,10 @@ same shape, over a grid of C, k and stride on a (1, C, H, W) input. Models: each
 against its standard counterpart (``standard_counterpart``), and a ResNet with
 ``conv="separable"`` against the standard ResNet.
 """
+import contextlib
 import os
 import tempfile
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import ContextManager, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -15,8 +16,8 @@ from torch import nn
 from ..conv import DepthwiseConv2d, SeparableConv2d
 from ..models import default_input_shape
 from .comparison import Comparison, compare
-from .counterpart import build_counterpart, standard_counterpart
-from .meta import MetaCountError, to_meta
+from .counterpart import build_counterpart
+from .meta import MetaCountError, meta_device, to_meta
 from .tables import Column, Table
 
 DEFAULT_CHANNELS = (32, 64, 128, 256, 512)
@@ -41,13 +42,20 @@ def layer_grid(
     return [(c, k, s) for c in channels for k in kernel_sizes for s in strides]
 
 
+def _building(latency: bool) -> ContextManager[None]:
+    """Where to build what is only counted: on the meta device (no weights to initialise, no
+    arithmetic), unless it is also timed."""
+    return contextlib.nullcontext() if latency else meta_device()
+
+
 def compare_layer(
     channels: int, kernel_size: int, stride: int, size: Tuple[int, int] = DEFAULT_LAYER_SIZE,
     *, latency: bool = False, repeats: int = 10,
 ) -> Comparison:
     """``SeparableConv2d(C, C, k, stride, 'same')`` against its full ``Conv2d`` on (1, C, H, W)."""
-    layer = SeparableConv2d(channels, channels, kernel_size, stride, "same")
-    x = torch.randn(1, channels, *size)
+    with _building(latency):
+        layer = SeparableConv2d(channels, channels, kernel_size, stride, "same")
+        x = torch.empty(1, channels, *size).normal_()
     return compare(layer, x, latency=latency, name=layer_name(channels, kernel_size, stride),
                    repeats=repeats)
 
@@ -56,11 +64,12 @@ def _has_separable(model: nn.Module) -> bool:
     return any(isinstance(m, (SeparableConv2d, DepthwiseConv2d)) for m in model.modules())
 
 
-def model_pair(name: str) -> Tuple[nn.Module, nn.Module, str, str]:
+def model_pair(name: str) -> Tuple[nn.Module, Optional[nn.Module], str, str]:
     """(separable model, standard model, their labels) for the ``torchblocks.models`` ``name``.
 
-    A model with separable or depthwise layers is paired with ``standard_counterpart``; one
-    without (a standard ResNet) is paired as ``get_model(name, conv="separable")`` against it.
+    A model with separable or depthwise layers is paired with its ``standard_counterpart``
+    (returned as None: ``compare`` builds it); one without (a standard ResNet) is paired as
+    ``get_model(name, conv="separable")`` against it.
 
     Raises:
         ValueError: unknown name, or a model with no separable variant.
@@ -69,7 +78,7 @@ def model_pair(name: str) -> Tuple[nn.Module, nn.Module, str, str]:
 
     model = models.get_model(name)
     if _has_separable(model):
-        return model, standard_counterpart(model), name, "standard_counterpart"
+        return model, None, name, "standard_counterpart"
     try:
         separable = models.get_model(name, conv="separable")
     except TypeError as error:
@@ -80,11 +89,21 @@ def model_pair(name: str) -> Tuple[nn.Module, nn.Module, str, str]:
     return separable, model, f'{name}(conv="separable")', f'{name}(conv="standard")'
 
 
+def _compare_named(name: str, shape: Shape, latency: bool, repeats: int, building: ContextManager[None]) -> Comparison:
+    with building:
+        separable, standard, separable_name, standard_name = model_pair(name)
+        x = torch.empty(1, *shape).normal_()
+    return compare(separable, x, standard, latency=latency, name=separable_name,
+                   counterpart_name=standard_name, repeats=repeats)
+
+
 def compare_model(
     model: Union[str, nn.Module], input_shape: Optional[Shape] = None, *, latency: bool = False,
     repeats: int = 10, name: Optional[str] = None,
 ) -> Comparison:
     """Compare a model with its standard-convolution version.
+
+    A torchblocks model that is only counted (``latency=False``) is built on the meta device.
 
     Args:
         model: a name from ``torchblocks.models.MODEL_NAMES`` (case-insensitive), or a module of
@@ -98,10 +117,11 @@ def compare_model(
             depthwise or grouped convolution: its counterpart would be itself).
     """
     if isinstance(model, str):
-        separable, standard, separable_name, standard_name = model_pair(model)
         shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
-        return compare(separable, torch.randn(1, *shape), standard, latency=latency,
-                       name=separable_name, counterpart_name=standard_name, repeats=repeats)
+        try:
+            return _compare_named(model, shape, latency, repeats, _building(latency))
+        except MetaCountError:  # a model that cannot be counted on meta: build and run it for real
+            return _compare_named(model, shape, latency, repeats, contextlib.nullcontext())
     label = name or type(model).__name__
     if input_shape is None:
         raise ValueError(f"Invalid value for argument `input_shape`. {label} is not a torchblocks "

@@ -15,12 +15,13 @@ raises ``MetaCountError``; count it with a real run then. One difference remains
 fvcore's trace drops ops whose results reach no output, while this count prices every call made,
 so a model computing values it never uses counts them here; no torchblocks model does.
 """
+import contextlib
 import copy
 import functools
 import inspect
 import itertools
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,8 @@ from torch.overrides import TorchFunctionMode
 from .._checks import ExampleInputs as Inputs
 from .._checks import as_input_tuple, check_module, first_line
 from .handlers import fvcore_ignored_ops, op_rules
-from .report import CountReport, parameter_counts
+from .report import CountReport, parameter_counts, temporary_mode
+from .shapes import meta_result
 
 
 class MetaCountError(NotImplementedError):
@@ -97,9 +99,16 @@ def _takes_inplace(func: Callable) -> bool:
         return False
 
 
-def _inplace(func: Callable, args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
-    """The ``inplace=True`` of an activation or dropout from torch.nn.functional."""
-    return _takes_inplace(func) and bool(_bind(func, args, kwargs)["inplace"])
+def _op_name(func: Callable, args: Sequence[Any], kwargs: Dict[str, Any]) -> str:
+    """The name torch.jit gives the op ``func(*args, **kwargs)`` runs, e.g. ``"relu_"`` for
+    ``F.relu(x, inplace=True)`` and ``"add_"`` for ``x += y``."""
+    name = _name(func)
+    if name in _METADATA:
+        return name
+    name = _ALIASES.get(name, name)
+    if _takes_inplace(func) and _bind(func, args, kwargs)["inplace"]:
+        name += "_"
+    return name
 
 
 def _fvcore_formula(func: Callable, name: str, args: Sequence[Any], kwargs: Dict[str, Any],
@@ -144,19 +153,21 @@ class _MetaCounter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        op, macs = self._price(func, args, kwargs, result)
+        name = _op_name(func, args, kwargs)
+        result = None
+        if all(a.is_meta for a in args if isinstance(a, Tensor)):
+            result = meta_result(func, name, name.endswith("_"), args, kwargs)
+        if result is None:
+            result = func(*args, **kwargs)
+        op, macs = self._price(func, name, args, kwargs, result)
         if macs:
             self.charges.append((self.scopes[-1] if self.scopes else "", op, macs))
         return result
 
-    def _price(self, func: Callable, args: Sequence[Any], kwargs: Dict[str, Any], result: Any) -> Tuple[str, int]:
-        name = _name(func)
+    def _price(self, func: Callable, name: str, args: Sequence[Any], kwargs: Dict[str, Any],
+               result: Any) -> Tuple[str, int]:
         if name in _METADATA:
             return name, 0
-        name = _ALIASES.get(name, name)
-        if _inplace(func, args, kwargs):
-            name += "_"
         rule = self.rules.get(name)
         if rule == "free":
             return name, 0
@@ -179,6 +190,31 @@ class _MetaCounter(TorchFunctionMode):
         )
 
 
+# In-place fills and random draws that initialisers run: nothing to do on a meta tensor.
+_INIT_OPS = frozenset({
+    "normal_", "uniform_", "zero_", "fill_", "erfinv_", "clamp_", "mul_", "add_", "sub_", "div_",
+    "copy_", "exponential_", "bernoulli_", "random_",
+})
+
+
+class _SkipInit(TorchFunctionMode):
+    """Returns a meta tensor from its in-place initialisation unchanged: it holds no data, and
+    torch would route the call through its Python references (which load ``torch.compile``)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _name(func) in _INIT_OPS and args and isinstance(args[0], Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def meta_device() -> Iterator[None]:
+    """Build modules on the meta device (shapes only), skipping their weight initialisation."""
+    with torch.device("meta"), _SkipInit():
+        yield
+
+
 def on_meta(model: nn.Module, inputs: Inputs) -> bool:
     """Whether ``model`` or ``inputs`` hold meta tensors (then only meta counting can count them)."""
     tensors = itertools.chain(model.parameters(), model.buffers(), as_input_tuple(inputs))
@@ -192,7 +228,7 @@ def to_meta(model: nn.Module) -> nn.Module:
         raise MetaCountError(f"{type(model).__name__} holds a ScriptModule, which cannot be copied to meta")
     memo: Dict[int, Any] = {}
     for tensor in itertools.chain(model.parameters(), model.buffers()):
-        meta = torch.empty_like(tensor, device="meta")
+        meta = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
         memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
     try:
         return copy.deepcopy(model, memo)
@@ -210,10 +246,16 @@ def count_meta(model: nn.Module, inputs: Inputs, *, training: bool = False, incl
     """
     check_module(model)
     args = as_input_tuple(inputs)
-    meta_model = to_meta(model)
-    meta_args = tuple(torch.empty_like(t, device="meta") for t in args)
-    for module in meta_model.modules():
-        module.training = training
+    meta_args = tuple(torch.empty(t.shape, dtype=t.dtype, device="meta") for t in args)
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if training or not all(t.is_meta for t in tensors):
+        # A copy on meta: the caller's model keeps its data, modes and running statistics.
+        meta_model = to_meta(model)
+        modes: Any = contextlib.nullcontext()
+        for module in meta_model.modules():
+            module.training = training
+    else:
+        meta_model, modes = model, temporary_mode(model, training)
     names: Dict[nn.Module, str] = {}
     for name, module in meta_model.named_modules(remove_duplicate=False):
         names.setdefault(module, name)
@@ -231,7 +273,7 @@ def count_meta(model: nn.Module, inputs: Inputs, *, training: bool = False, incl
         handles.append(module.register_forward_pre_hook(enter(name)))
         handles.append(module.register_forward_hook(leave))
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), modes, counter:
             meta_model(*meta_args)
     except (ValueError, TypeError, MetaCountError):
         raise

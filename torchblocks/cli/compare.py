@@ -53,8 +53,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help="save MACs and measured time against channels for the first kernel size at "
                         "stride 1, timing those rows (needs matplotlib: torchblocks[plot])")
     p.add_argument("--wide", action="store_true",
-                   help="text/markdown: every column (input, standard version, parameters next to "
-                        "times); the default fits 100 columns")
+                   help="text: every column (input, standard version, parameters next to times); "
+                        "the default fits 100 columns, markdown always has every column")
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -147,18 +147,19 @@ def _render_comparisons(
             if record["replaced"] is not None:
                 record["replaced"] = "; ".join(record["replaced"])
         return records_to_csv(records).rstrip("\n")
+    wide = args.wide or args.format == "markdown"  # a document has no terminal width to fit
     tables = []
     if layers:
         tables.append(comparison_table(
             f"Single layers: SeparableConv2d(C, C, k, stride, 'same') vs Conv2d, input 1xCx{size[0]}x{size[1]}",
-            layers, layers=True, wide=args.wide))
+            layers, layers=True, wide=wide))
     if models:
         tables.append(comparison_table("Models: separable vs standard convolutions", models,
-                                       layers=False, wide=args.wide))
+                                       layers=False, wide=wide))
     notes = [UNITS, SHORT]
     if layers:
         notes.append("theory = 1/C_out + 1/k^2, the textbook MAC ratio of one separable layer.")
-    if models and not args.wide:
+    if models and not wide:
         notes.append('std version: conv="standard" for a resnet, else its standard_counterpart '
                      "(--wide: input, version).")
     timed = [c for c in [*layers, *models] if c.latency_ms is not None]
@@ -170,7 +171,7 @@ def _render_comparisons(
         notes.append(f"ms = median wall time per call, batch 1, over up to {args.repeats} calls after "
                      f"{DEFAULT_WARMUP} warm-up calls; CPU threads: {torch.get_num_threads()}.")
         notes.append(SLOWER)
-        if not args.wide and args.latency:
+        if not wide and args.latency:
             notes.append("Parameter columns: --wide, or --format csv/json.")
     if plot_note:
         notes.append(plot_note)
