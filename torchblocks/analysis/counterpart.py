@@ -68,7 +68,7 @@ def _is_pointwise(module: nn.Module, channels: int) -> bool:
         and module.groups == 1
         and module.kernel_size == (1, 1)
         and module.stride == (1, 1)
-        and module.padding in ((0, 0), "valid")
+        and module.padding in ((0, 0), "valid", "same")
         and not getattr(module, "same_is_dynamic", False)
     )
 
@@ -77,6 +77,8 @@ def _is_between(module: nn.Module) -> bool:
     """BatchNorm over the channels, or an activation module: allowed inside a separable pair."""
     if isinstance(module, _BatchNorm) or (isinstance(module, BatchNorm) and module.axis == 1):
         return True
+    if isinstance(module, (nn.MultiheadAttention, nn.GLU)):  # defined beside the activations
+        return False
     return type(module).__module__ == "torch.nn.modules.activation" or isinstance(module, _ACTIVATION_TYPES)
 
 
@@ -92,9 +94,10 @@ class _PairTracer(LayerTracer):
 def _refuse_rebuild(name: str, module: nn.Module) -> None:
     if hasattr(module, "parametrizations") or module._forward_pre_hooks:
         raise NotImplementedError(
-            f"standard_counterpart: {repr(name) if name else 'the model'} ({type(module).__name__}) carries a weight "
-            "parametrization or a forward pre-hook (weight norm, spectral norm...), which a new "
-            "weight of another shape would break. Supported: convs without them; remove them first."
+            f"standard_counterpart: {repr(name) if name else 'the model'} ({type(module).__name__}) "
+            "carries a weight parametrization or a forward pre-hook (weight norm, spectral "
+            "norm...), which a new weight of another shape would break. Supported: convs without "
+            "them; remove them first."
         )
 
 
@@ -133,6 +136,10 @@ class _Builder:
                         if has_bias else None)
             new.reset_parameters()
         new.train(spatial.training)
+        # A frozen conv stays frozen, so that trainable parameters compare like with like.
+        new.weight.requires_grad_(weight.requires_grad)
+        if has_bias:
+            new.bias.requires_grad_(bias_of.bias.requires_grad)
         # Convs that share a weight (or a bias) get replacements that share theirs.
         new.weight = self.weights.setdefault(key, new.weight)
         if has_bias:
