@@ -40,6 +40,13 @@ def test_latency_and_an_explicit_counterpart():
     assert result.time_ratio == pytest.approx(result.latency_ms / result.counterpart_latency_ms)
 
 
+def test_latency_needs_real_tensors():
+    with torch.device("meta"):
+        layer = tb.SeparableConv2d(3, 4, 3)
+    with pytest.raises(ValueError, match="Timing needs real tensors"):
+        analysis.compare(layer, torch.randn(1, 3, 8, 8), latency=True)
+
+
 def test_nothing_to_replace_is_said_and_nothing_divides_by_zero():
     with pytest.warns(RuntimeWarning, match="ReLU: nothing to replace"):
         result = analysis.compare(nn.ReLU(), torch.randn(2, 3, 4, 4))

@@ -2,10 +2,8 @@
 import os
 
 import pytest
-import torch
 from torch import nn
 
-import torchblocks as tb
 from torchblocks.analysis import comparisons
 
 

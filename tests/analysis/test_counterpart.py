@@ -223,6 +223,29 @@ def test_torchvision_convnext_and_timm_depthwise_convs_are_recognised():
     assert 0 < timm_result.macs_ratio < 1 and any("+" in r for r in timm_result.replaced)
 
 
+def test_a_converted_keras_model_is_recognised():
+    import keras
+
+    keras_model = keras.Sequential([
+        keras.Input((9, 9, 4)),
+        keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.Conv2D(6, 1, activation="relu"),
+        keras.layers.Conv2D(6, 3, groups=2),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+    model = tb.interop.keras.from_keras(keras_model)
+    result = analysis.compare(model, torch.randn(1, 4, 9, 9))
+    assert len(result.replaced) == 2 and "depthwise 3x3 + pointwise 4->6" in result.replaced[0]
+    # dw + BN + ReLU + 1×1 conv (+ ReLU) -> a full 3×3 conv 4 -> 6 (+ ReLU); grouped 3×3 -> full.
+    head = 6 * 49 + 6 * 3
+    assert result.model.macs == 81 * (4 * 9 + 2 * 4 + 4 + 4 * 6 + 6) + 49 * 6 * 3 * 9 + head
+    assert result.counterpart.macs == 81 * (6 * 4 * 9 + 6) + 49 * 6 * 6 * 9 + head
+    assert result.counterpart.params == (6 * 4 * 9 + 6) + (6 * 6 * 9 + 6) + (6 * 3 + 3)
+
+
 # MobileNet v1 (Howard et al. 2017, Table 1): (C_in, C_out, stride) of the 13 depthwise-separable
 # layers after the 3×3 stride-2 stem conv 3 -> 32.
 MOBILENET_LAYERS = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1),

@@ -205,11 +205,21 @@ def compare(
         A ``Comparison``: ``.macs_ratio``, ``.params_ratio``, ``.time_ratio`` (model / counterpart),
         ``.replaced``; ``print()`` it for a table.
 
+    Raises:
+        TypeError: ``model`` is not an eager module (a ScriptModule, or one holding one).
+        ValueError: ``latency=True`` with a model or inputs on the meta device.
+        NotImplementedError: a conv to replace carries a weight parametrization or pre-hook.
+
     Warns:
         RuntimeWarning: the model has nothing to replace (its counterpart is itself), or fx could
         not trace it to find depthwise + pointwise pairs.
     """
     name = name or type(model).__name__
+    if latency and (on_meta(model, inputs) or (counterpart is not None and on_meta(counterpart, inputs))):
+        raise ValueError(
+            "Invalid value for argument `latency`. Timing needs real tensors; the model or the "
+            "inputs are on the meta device (shapes only). Received latency=True."
+        )
     replaced: Optional[Tuple[str, ...]] = None
     note = ""
     if counterpart is None:

@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .._checks import first_line
 from .._fx import LayerTracer, real_users
 from ..activations import Exponential, HardSigmoid
-from ..conv import Conv2d, DepthwiseConv2d, SeparableConv2d
+from ..conv import Conv2d, SeparableConv2d
 from ..norm import BatchNorm
 
 # Activation modules that torch.fx should keep as single nodes (torch.nn's are leaves already).
