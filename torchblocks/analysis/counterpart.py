@@ -32,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._checks import first_line
 from .._fx import LayerTracer, real_users
-from ..activations import Exponential, HardSigmoid
+from ..activations import ActivationArg, Exponential, HardSigmoid
 from ..conv import Conv2d, SeparableConv2d
 from ..norm import BatchNorm
 
@@ -110,7 +110,7 @@ class _Builder:
 
     def full_conv(
         self, name: str, spatial: nn.Conv2d, out_channels: int, bias_of: nn.Conv2d,
-        activation: Optional[nn.Module], key: Tuple[int, ...],
+        activation: ActivationArg, key: Tuple[int, ...],
     ) -> nn.Conv2d:
         """A k×k conv over all of ``spatial``'s input channels: ``spatial``'s geometry,
         ``bias_of``'s bias flag, ``out_channels`` outputs and (tb convs) ``activation``."""
@@ -223,11 +223,11 @@ def _plan(model: nn.Module, graph: Optional[torch.fx.Graph]) -> Tuple[Dict[int, 
         if isinstance(module, SeparableConv2d):
             dw, pw = module.depthwise, module.pointwise
             plan[id(module)] = builder.full_conv(
-                name, dw, pw.out_channels, pw, module.act, (id(dw.weight), id(pw.weight)))
+                name, dw, pw.out_channels, pw, module.activation_arg(), (id(dw.weight), id(pw.weight)))
             lines.append(f"{name or 'model'}: SeparableConv2d -> full {_hw(dw)} conv "
                          f"{dw.in_channels}->{pw.out_channels}")
         elif isinstance(module, nn.Conv2d) and module.groups > 1:
-            act = module.act if isinstance(module, Conv2d) else None
+            act = module.activation_arg() if isinstance(module, Conv2d) else None
             plan[id(module)] = builder.full_conv(
                 name, module, module.out_channels, module, act, (id(module.weight),))
             kind = "depthwise" if _is_depthwise(module) else f"groups={module.groups}"
