@@ -34,7 +34,7 @@ def _positive_float(text: str) -> float:
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Register ``train`` on ``subparsers``."""
-    from ..train import OPTIMIZERS
+    from ..train import INITS, OPTIMIZERS
 
     p = subparsers.add_parser(
         "train",
@@ -77,6 +77,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     p.add_argument("--sync-bn", action="store_true",
                    help="synchronise BatchNorm over processes (torch's SyncBatchNorm on GPU, "
                         "torchblocks.SyncBatchNorm on CPU)")
+    p.add_argument("--init", choices=INITS, default="model",
+                   help="model: keep the model's own initialisation (default); he: He-normal conv/linear "
+                        "weights, zero biases; keras: Keras' Glorot-uniform, zero biases")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, lr=args.lr, seed=args.seed,
         input_size=tuple(args.input_size) if args.input_size else None, train_fraction=args.train_fraction,
         checkpoint=args.checkpoint, resume=args.resume, log=args.log, channels_last=args.channels_last,
-        amp=args.amp, sync_bn=args.sync_bn, device=args.device, workers=args.workers,
+        amp=args.amp, sync_bn=args.sync_bn, init=args.init, device=args.device, workers=args.workers,
         progress=not args.no_progress,
     ))
     return 0

@@ -6,7 +6,7 @@ loop on its own, for experiments that bring their own model and data. Runs uncha
 share of every global batch through a ``DistributedSampler`` and trains a
 ``DistributedDataParallel`` model; rank 0 alone writes checkpoints and logs.
 """
-from .build import build, check_input, default_input, resolve
+from .build import INITS, build, check_input, default_input, initialize, resolve
 from .checkpoint import load as load_checkpoint
 from .data import Splits, digits, image_folder, stratified_split, stratified_subset
 from .distributed import Context, context_from_env
@@ -14,6 +14,7 @@ from .loop import Trainer
 from .run import OPTIMIZERS, TrainConfig, make_optimizer, train
 
 __all__ = [
+    "INITS",
     "OPTIMIZERS",
     "Context",
     "Splits",
@@ -25,6 +26,7 @@ __all__ = [
     "default_input",
     "digits",
     "image_folder",
+    "initialize",
     "load_checkpoint",
     "make_optimizer",
     "resolve",

@@ -93,3 +93,47 @@ def check_input(model: nn.Module, name: str, input_size: Tuple[int, int, int], n
             f"model {name!r} returned {shape} for a batch of 2 at {'x'.join(map(str, input_size))}; "
             f"expected (2, {num_classes}) logits"
         )
+
+
+INITS = ("model", "he", "keras")
+
+
+def _keras_fans(weight: torch.Tensor, groups: int) -> Tuple[int, int]:
+    """Keras' (fan_in, fan_out) for the kernel this torch weight holds.
+
+    Dense (in, out) and Conv2D (kh, kw, in, out) agree with torch's reading of the transposed
+    weight; a depthwise kernel (kh, kw, C, m) does not: Keras counts fan_in = kh·kw·C and
+    fan_out = kh·kw·m, where torch's (C·m, 1, kh, kw) weight would give kh·kw and kh·kw·C·m.
+    """
+    receptive = weight[0, 0].numel() if weight.dim() > 2 else 1
+    if weight.dim() > 2 and groups > 1 and weight.shape[1] == 1:
+        channels = groups
+        return receptive * channels, receptive * (weight.shape[0] // channels)
+    return receptive * weight.shape[1], receptive * weight.shape[0]
+
+
+def initialize(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise every conv and linear layer of ``model`` in place; returns it.
+
+    ``"model"`` keeps the model's own initialisation (torch's default for torchblocks layers);
+    ``"he"``: He-normal weights for ReLU (fan_in), zero biases; ``"keras"``: Keras' default,
+    Glorot-uniform weights with Keras' fans and zero biases. BatchNorm is reset to weight 1, bias 0.
+    """
+    if scheme not in INITS:
+        raise ValueError(f"Invalid value for argument `init`. Expected one of {INITS}. Received init={scheme!r}.")
+    if scheme == "model":
+        return model
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if scheme == "he":
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            else:
+                fan_in, fan_out = _keras_fans(module.weight, getattr(module, "groups", 1))
+                limit = (6.0 / (fan_in + fan_out)) ** 0.5
+                nn.init.uniform_(module.weight, -limit, limit)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model

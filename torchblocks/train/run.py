@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .. import optim
 from ..norm import convert_sync_batchnorm
 from . import checkpoint as ckpt
-from .build import build, check_input, default_input, resolve
+from .build import INITS, build, check_input, default_input, initialize, resolve
 from .data import Splits, Subset, digits, image_folder, stratified_subset
 from .distributed import Context, context_from_env, destroy_process_group, init_process_group
 from .loop import AMP_DTYPES, Trainer
@@ -57,6 +57,7 @@ class TrainConfig:
     channels_last: bool = False
     amp: Optional[str] = None
     sync_bn: bool = False
+    init: str = "model"
     device: Optional[str] = None
     workers: int = 0
     progress: bool = True
@@ -89,6 +90,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError("give exactly one of an image folder (data) and a dataset name (--dataset digits)")
     if config.dataset is not None and config.dataset not in DATASETS:
         raise ValueError(f"Invalid value for argument `dataset`. Expected one of {DATASETS}. Received dataset={config.dataset!r}.")
+    if config.init not in INITS:
+        raise ValueError(f"Invalid value for argument `init`. Expected one of {INITS}. Received init={config.init!r}.")
     if config.workers < 0:
         raise ValueError(f"Invalid value for argument `workers`. Expected an int >= 0. Received workers={config.workers!r}.")
     if config.input_size is not None:
@@ -141,7 +144,7 @@ def _settings(config: TrainConfig, name: str, splits: Splits, input_size: Sequen
         "model": name, "data": splits.source, "classes": list(splits.classes), "input_size": list(input_size),
         "optimizer": config.optimizer, "lr": lr, "batch_size": config.batch_size, "seed": config.seed,
         "train_fraction": config.train_fraction, "val_fraction": config.val_fraction, "amp": config.amp,
-        "channels_last": config.channels_last, "sync_bn": config.sync_bn,
+        "channels_last": config.channels_last, "sync_bn": config.sync_bn, "init": config.init,
     }
 
 
@@ -170,7 +173,7 @@ def train(config: TrainConfig, stdout: Optional[TextIO] = None, stderr: Optional
     splits = load_data(config, input_size)
     train_loader, val_loader, sampler = loaders(splits, config, context)
     torch.manual_seed(config.seed)
-    model = build(name, factory, len(splits.classes), input_size[0]).to(context.device)
+    model = initialize(build(name, factory, len(splits.classes), input_size[0]), config.init).to(context.device)
     check_input(model, name, input_size, len(splits.classes), context.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
