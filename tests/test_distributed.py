@@ -12,8 +12,11 @@ import copy
 import datetime
 import os
 import socket
+import subprocess
+import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -304,3 +307,73 @@ def test_sync_batchnorm_two_processes_equal_one_whole_batch(sync_bn_results, nam
         alone.append(SYNC_CASES[name][0]().train()(x[start:start + size]).detach())
         start += size
     assert (torch.cat(alone) - reference["out"]).abs().max() > 1e-2
+
+
+# -- torchblocks train under torchrun -----------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+TORCHRUN_TIMEOUT_S = 150
+TRAIN_ARGS = ["--model", "tiny_models:tiny_cnn", "--input-size", "3", "8", "8", "--batch-size", "8",
+              "--epochs", "2", "--no-progress", "--metrics", "metrics.csv"]
+
+
+def _torchrun(cwd, *command: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 COMMAND`` in ``cwd``, one thread per process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=os.pathsep.join([REPO, TESTS, env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD_SIZE), *command],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S,
+    )
+
+
+@pytest.fixture(scope="module")
+def train_folder(tmp_path_factory) -> str:
+    from tiny_models import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("train-images"))
+
+
+def _single_process_losses(folder: str, tmp_path) -> list:
+    """The same run in this process (no torchrun): the reference for the 2-process runs."""
+    from torchblocks.cli import main
+
+    assert main(["train", folder, *TRAIN_ARGS, "--checkpoint", str(tmp_path / "single.pt"), "--log",
+                 str(tmp_path / "single.csv")]) == 0
+    return [row["loss"] for row in torch.load(tmp_path / "single.pt", weights_only=True)["history"]]
+
+
+def _check_rank0_outputs(run: subprocess.CompletedProcess, cwd) -> list:
+    """Rank 0 alone printed the epoch lines and wrote checkpoint and log (no temporary files)."""
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [line.split(" - ")[0] for line in run.stdout.splitlines()] == ["epoch 1/2", "epoch 2/2"]
+    assert sorted(os.listdir(cwd)) == ["checkpoint.pt", "metrics.csv"]
+    saved = torch.load(os.path.join(cwd, "checkpoint.pt"), weights_only=True)
+    assert saved["epoch"] == 2 and len(open(os.path.join(cwd, "metrics.csv")).read().splitlines()) == 3
+    return [row["loss"] for row in saved["history"]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TORCHRUN_TIMEOUT_S + 30)
+def test_torchrun_two_processes_with_sync_bn_train_like_one(train_folder, tmp_path, capsys):
+    """``torchrun -m torchblocks train --sync-bn``: gloo DDP over halves of every batch gives the
+    single process's losses (BatchNorm synchronised), to 1e-5."""
+    reference = _single_process_losses(train_folder, tmp_path)
+    cwd = tmp_path / "ddp"
+    cwd.mkdir()
+    run = _torchrun(cwd, "-m", "torchblocks", "train", train_folder, *TRAIN_ARGS, "--sync-bn")
+    np.testing.assert_allclose(_check_rank0_outputs(run, cwd), reference, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TORCHRUN_TIMEOUT_S + 30)
+def test_torchrun_runs_the_script_and_unsynced_batchnorm_differs(train_folder, tmp_path):
+    """``torchrun scripts/train.py`` runs the same command; without --sync-bn each rank normalises
+    its half alone, so the losses move away from the single process's (the check above can fail)."""
+    reference = _single_process_losses(train_folder, tmp_path)
+    cwd = tmp_path / "script"
+    cwd.mkdir()
+    run = _torchrun(cwd, os.path.join(REPO, "scripts", "train.py"), train_folder, *TRAIN_ARGS)
+    losses = _check_rank0_outputs(run, cwd)
+    assert np.max(np.abs(np.array(losses) - reference) / np.abs(reference)) > 1e-4

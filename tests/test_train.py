@@ -13,34 +13,20 @@ import torch
 import torch.nn.functional as F
 
 import torchblocks as tb
+from tiny_models import CLASSES, PER_CLASS, write_image_folder
 from torchblocks.cli import main
 from torchblocks.train import (
     TrainConfig, context_from_env, digits, image_folder, initialize, make_optimizer, stratified_split, stratified_subset, train,
 )
 
-CLASSES = ("circle", "cross", "square")
-PER_CLASS = 10
 TINY = "tiny_models:tiny_cnn"
 # One epoch of the tiny model on the tiny folder: few steps, fast.
 TINY_ARGS = ["--model", TINY, "--input-size", "3", "8", "8", "--batch-size", "8", "--no-progress"]
 
 
-def _write_folder(root, classes=CLASSES, per_class=PER_CLASS) -> str:
-    """``root/<class>/<i>.png``: 10x12 RGB images whose brightness depends on the class."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for index, name in enumerate(classes):
-        os.makedirs(root / name)
-        for i in range(per_class):
-            pixels = rng.integers(0, 80, size=(10, 12, 3)) + 80 * index
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return str(root)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> str:
-    return _write_folder(tmp_path_factory.mktemp("images"))
+    return write_image_folder(tmp_path_factory.mktemp("images"))
 
 
 def _run(capsys, *args):
@@ -204,13 +190,13 @@ def test_checkpoint_that_does_not_fit_the_model_leaves_it_unchanged(folder, tmp_
 
 
 def _no_images(root):
-    _write_folder(root, classes=("a",), per_class=2)
+    write_image_folder(root, classes=("a",), per_class=2)
     os.makedirs(root / "b")
     (root / "b" / "notes.txt").write_text("no images here")
 
 
 def _unreadable(root):
-    _write_folder(root, classes=("a", "b"), per_class=3)
+    write_image_folder(root, classes=("a", "b"), per_class=3)
     (root / "b" / "broken.png").write_bytes(b"\x89PNG not really")
 
 
@@ -218,21 +204,21 @@ def _unreadable(root):
 BAD_INPUT = [
     ("missing-folder", None, [], "does not exist or is not a folder"),
     ("empty-folder", lambda root: root.mkdir(), [], "holds no class folders"),
-    ("class-without-images", lambda root: root.mkdir() or _no_images(root), [], "/b' holds no images"),
-    ("unreadable-image", lambda root: root.mkdir() or _unreadable(root), [], "broken.png: cannot identify image file"),
-    ("input-too-small", lambda root: root.mkdir() or _write_folder(root),
+    ("class-without-images", _no_images, [], "/b' holds no images"),
+    ("unreadable-image", _unreadable, [], "broken.png: cannot identify image file"),
+    ("input-too-small", write_image_folder,
      ["--model", "SeparableConvNet", "--input-size", "3", "16", "16"],
      "model 'SeparableConvNet' cannot take input of size 3x16x16: SeparableConvNet expects inputs of at least 32x32"),
-    ("unknown-model", lambda root: root.mkdir() or _write_folder(root), ["--model", "resnet7"], "unknown model 'resnet7'"),
-    ("no-such-module", lambda root: root.mkdir() or _write_folder(root), ["--model", "no_such_module_xyz:f"],
+    ("unknown-model", write_image_folder, ["--model", "resnet7"], "unknown model 'resnet7'"),
+    ("no-such-module", write_image_folder, ["--model", "no_such_module_xyz:f"],
      "cannot import 'no_such_module_xyz'"),
-    ("no-num-classes", lambda root: root.mkdir() or _write_folder(root), ["--model", "tiny_models:no_num_classes"],
+    ("no-num-classes", write_image_folder, ["--model", "tiny_models:no_num_classes"],
      "takes no num_classes argument"),
-    ("not-a-module", lambda root: root.mkdir() or _write_folder(root), ["--model", "tiny_models:not_a_module"],
+    ("not-a-module", write_image_folder, ["--model", "tiny_models:not_a_module"],
      "built a str, not an nn.Module"),
-    ("checkpoint-folder-missing", lambda root: root.mkdir() or _write_folder(root),
+    ("checkpoint-folder-missing", write_image_folder,
      ["--checkpoint", "/nonexistent-dir/c.pt"], "cannot write checkpoint '/nonexistent-dir/c.pt'"),
-    ("resume-without-checkpoint", lambda root: root.mkdir() or _write_folder(root), ["--resume"],
+    ("resume-without-checkpoint", write_image_folder, ["--resume"],
      "no checkpoint at"),
 ]
 

@@ -7,7 +7,7 @@ EPILOG = """\
 examples:
   torchblocks train --dataset digits --model SeparableConvNet --epochs 3
   torchblocks train photos/ --model resnet18 --input-size 3 128 128 --optimizer adam --log metrics.csv
-  torchrun --nproc-per-node 2 -m torchblocks train --dataset digits --model SeparableConvNet
+  torchrun --nproc-per-node 2 -m torchblocks train --dataset digits --model SeparableConvNet --metrics m.csv
   torchblocks train --dataset digits --model SeparableConvNet --epochs 6 --resume
 """
 
@@ -71,7 +71,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     p.add_argument("--checkpoint", default="checkpoint.pt", metavar="PATH",
                    help="written atomically after every epoch (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same settings)")
-    p.add_argument("--log", metavar="FILE.csv", help="per-epoch loss, val_loss, val_accuracy, seconds")
+    p.add_argument("--log", "--metrics", dest="log", metavar="FILE.csv",
+                   help="per-epoch loss, val_loss, val_accuracy, seconds; under torchrun spell it --metrics "
+                        "(torchrun's own parser refuses --log as an abbreviation of its --log-dir)")
     p.add_argument("--channels-last", action="store_true", help="model and inputs in channels-last memory format")
     p.add_argument("--amp", choices=("bf16",), help="automatic mixed precision in bfloat16")
     p.add_argument("--sync-bn", action="store_true",
