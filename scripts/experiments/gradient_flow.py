@@ -9,7 +9,7 @@ training digits (8x8, one channel) at initialisation (Keras' Glorot-uniform, zer
 after training with RMSprop, and the validation accuracy reached.
 
     python scripts/experiments/gradient_flow.py            # docs/gradient_flow_depth{10,20,40,80}.png
-    python scripts/experiments/gradient_flow.py --quick    # a few steps, depths 10 and 20
+    python scripts/experiments/gradient_flow.py --quick    # a few steps, depths 4 and 10
 """
 import copy
 import math
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import common
 
 DEPTHS = (10, 20, 40, 80)
-QUICK_DEPTHS = (10, 20)
-STEPS, QUICK_STEPS = 200, 5
+QUICK_DEPTHS = (4, 10)
+STEPS, QUICK_STEPS = 200, 3
 PROBE = 256
 # (label, residual, batchnorm)
 CONFIGS = (("plain", False, False), ("plain + BN", False, True), ("residual", True, False),
