@@ -217,7 +217,8 @@ BAD_INPUT = [
     ("not-a-module", write_image_folder, ["--model", "tiny_models:not_a_module"],
      "built a str, not an nn.Module"),
     ("checkpoint-folder-missing", write_image_folder,
-     ["--checkpoint", "/nonexistent-dir/c.pt"], "cannot write checkpoint '/nonexistent-dir/c.pt'"),
+     ["--checkpoint", "/nonexistent-dir/c.pt"], "cannot write checkpoint '/nonexistent-dir/c.pt': expected a file"),
+    ("checkpoint-is-a-folder", write_image_folder, ["--checkpoint", "."], "cannot write checkpoint '.': expected a file"),
     ("resume-without-checkpoint", write_image_folder, ["--resume"],
      "no checkpoint at"),
 ]

@@ -7,15 +7,11 @@ import torch
 from torch import nn
 
 from .. import models
+from .._checks import first_line
 from ..models import MODEL_NAMES, default_input_shape
 
 # The book's input size, used for a user's factory unless --input-size says otherwise.
 FACTORY_INPUT = (3, 64, 64)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def resolve(spec: str) -> Tuple[str, Callable[..., nn.Module]]:
@@ -29,7 +25,7 @@ def resolve(spec: str) -> Tuple[str, Callable[..., nn.Module]]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
-            raise ValueError(f"cannot import {module_name!r} for model {spec!r}: {_first_line(error)}") from None
+            raise ValueError(f"cannot import {module_name!r} for model {spec!r}: {first_line(error)}") from None
         factory = module
         for part in attribute.split("."):
             if not hasattr(factory, part):
@@ -67,7 +63,7 @@ def build(name: str, factory: Callable[..., nn.Module], num_classes: int, channe
     try:
         model = factory(**kwargs)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"cannot build model {name!r} with {kwargs}: {_first_line(error)}") from None
+        raise ValueError(f"cannot build model {name!r} with {kwargs}: {first_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {name!r} built a {type(model).__name__}, not an nn.Module")
     return model
@@ -83,7 +79,7 @@ def check_input(model: nn.Module, name: str, input_size: Tuple[int, int, int], n
             out = model(torch.zeros((2, *input_size), device=device))
     except Exception as error:  # any failure here means this input size does not suit the model
         raise ValueError(
-            f"model {name!r} cannot take input of size {'x'.join(map(str, input_size))}: {_first_line(error)}"
+            f"model {name!r} cannot take input of size {'x'.join(map(str, input_size))}: {first_line(error)}"
         ) from None
     finally:
         model.train(was_training)

@@ -14,14 +14,11 @@ from typing import Any, Callable, Dict, IO, Mapping
 import torch
 from torch import nn
 
+from .._checks import first_line
+
 FORMAT = "torchblocks.train"
 VERSION = 1
 _KEYS = ("format", "version", "settings", "epoch", "history", "model", "optimizer", "rng_state")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _umask() -> int:
@@ -82,7 +79,7 @@ def load(path: str) -> Dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises pickle, zip and runtime errors of many kinds
         raise ValueError(
-            f"checkpoint {path!r} is corrupt or not a torchblocks training checkpoint ({_first_line(error)})"
+            f"checkpoint {path!r} is corrupt or not a torchblocks training checkpoint ({first_line(error)})"
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a torchblocks training checkpoint (no format={FORMAT!r} entry)")
@@ -143,5 +140,5 @@ def restore(checkpoint: Mapping[str, Any], model: nn.Module, optimizer: torch.op
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
-        raise ValueError(f"checkpoint {path!r} does not fit this model/optimizer: {_first_line(error)}") from None
+        raise ValueError(f"checkpoint {path!r} does not fit this model/optimizer: {first_line(error)}") from None
     torch.set_rng_state(checkpoint["rng_state"])

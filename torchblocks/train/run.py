@@ -103,8 +103,11 @@ def _check_config(config: TrainConfig) -> None:
             )
     for name in ("checkpoint", "log"):
         path = getattr(config, name)
-        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise FileNotFoundError(f"cannot write {name} {path!r}: its folder does not exist")
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise FileNotFoundError(f"cannot write {name} {path!r}: expected a file in an existing, writable folder")
 
 
 def load_data(config: TrainConfig, input_size: Tuple[int, int, int]) -> Splits:
