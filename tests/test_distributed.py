@@ -320,7 +320,8 @@ TRAIN_ARGS = ["--model", "tiny_models:tiny_cnn", "--input-size", "3", "8", "8", 
 
 def _torchrun(cwd, *command: str) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node 2 COMMAND`` in ``cwd``, one thread per process."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    launch = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launch}
     env.update(PYTHONPATH=os.pathsep.join([REPO, TESTS, env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD_SIZE), *command],

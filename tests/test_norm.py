@@ -347,10 +347,12 @@ BAD_SYNC = [
     (lambda: tb.SyncBatchNorm(4, eps=-1.0), ValueError, r"argument `eps`.*Received eps=-1\.0"),
     (lambda: tb.SyncBatchNorm(0), ValueError, r"argument `num_features`.*Received num_features=0"),
     (lambda: tb.SyncBatchNorm(4)(torch.randn(2, 3, 5)), ValueError,
-     r"SyncBatchNorm\(axis=1\) expects an input of rank >= 2 with 4 channels in dim 1; received shape torch\.Size\(\[2, 3, 5\]\)"),
+     r"SyncBatchNorm\(axis=1\) expects an input of rank >= 2 with 4 channels in dim 1; "
+     r"received shape torch\.Size\(\[2, 3, 5\]\)"),
     (lambda: tb.SyncBatchNorm(4, axis=-1)(torch.randn(4)), ValueError, r"rank >= 2 with 4 channels in dim -1"),
     (lambda: tb.convert_sync_batchnorm("model"), TypeError, r"argument `module`\. Expected an nn\.Module"),
-    (lambda: tb.convert_sync_batchnorm(nn.LazyBatchNorm2d()), ValueError, r"uninitialized lazy BatchNorm \(LazyBatchNorm2d\)"),
+    (lambda: tb.convert_sync_batchnorm(nn.LazyBatchNorm2d()), ValueError,
+     r"uninitialized lazy BatchNorm \(LazyBatchNorm2d\)"),
 ]
 
 

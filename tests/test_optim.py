@@ -160,18 +160,25 @@ def test_param_group_added_later_joins_the_step_count():
     assert [group["iterations"] for group in optimizer.param_groups] == [1, 1]
 
 
+RMSPROP, ADAM = tb.optim.RMSprop, tb.optim.Adam
 BAD_ARGUMENTS = [
-    (tb.optim.RMSprop, dict(lr=-0.1), ValueError, r"Invalid value for argument `lr`\. Expected a non-negative finite float\. Received lr=-0\.1\."),
-    (tb.optim.RMSprop, dict(rho=1.0), ValueError, r"Invalid value for argument `rho`\. Expected a float in \[0, 1\)\. Received rho=1\.0\."),
-    (tb.optim.RMSprop, dict(momentum=-0.5), ValueError, r"argument `momentum`.*Received momentum=-0\.5\."),
-    (tb.optim.RMSprop, dict(epsilon=0.0), ValueError, r"argument `epsilon`\. Expected a strictly positive finite float\. Received epsilon=0\.0\."),
-    (tb.optim.RMSprop, dict(epsilon=float("nan")), ValueError, r"argument `epsilon`.*Received epsilon=nan\."),
-    (tb.optim.RMSprop, dict(centered="yes"), TypeError, r"Invalid type for argument `centered`\. Expected a bool\. Received centered='yes' of type str\."),
-    (tb.optim.Adam, dict(beta_1=1.5), ValueError, r"Invalid value for argument `beta_1`\. Expected a float in \[0, 1\)\. Received beta_1=1\.5\."),
-    (tb.optim.Adam, dict(beta_2=-0.1), ValueError, r"argument `beta_2`.*Received beta_2=-0\.1\."),
-    (tb.optim.Adam, dict(lr=float("inf")), ValueError, r"argument `lr`.*Received lr=inf\."),
-    (tb.optim.Adam, dict(lr="0.1"), TypeError, r"Invalid type for argument `lr`\. Expected a float\. Received lr='0\.1' of type str\."),
-    (tb.optim.Adam, dict(amsgrad=1), TypeError, r"argument `amsgrad`\. Expected a bool\."),
+    (RMSPROP, dict(lr=-0.1), ValueError,
+     r"Invalid value for argument `lr`\. Expected a non-negative finite float\. Received lr=-0\.1\."),
+    (RMSPROP, dict(rho=1.0), ValueError,
+     r"Invalid value for argument `rho`\. Expected a float in \[0, 1\)\. Received rho=1\.0\."),
+    (RMSPROP, dict(momentum=-0.5), ValueError, r"argument `momentum`.*Received momentum=-0\.5\."),
+    (RMSPROP, dict(epsilon=0.0), ValueError,
+     r"argument `epsilon`\. Expected a strictly positive finite float\. Received epsilon=0\.0\."),
+    (RMSPROP, dict(epsilon=float("nan")), ValueError, r"argument `epsilon`.*Received epsilon=nan\."),
+    (RMSPROP, dict(centered="yes"), TypeError,
+     r"Invalid type for argument `centered`\. Expected a bool\. Received centered='yes' of type str\."),
+    (ADAM, dict(beta_1=1.5), ValueError,
+     r"Invalid value for argument `beta_1`\. Expected a float in \[0, 1\)\. Received beta_1=1\.5\."),
+    (ADAM, dict(beta_2=-0.1), ValueError, r"argument `beta_2`.*Received beta_2=-0\.1\."),
+    (ADAM, dict(lr=float("inf")), ValueError, r"argument `lr`.*Received lr=inf\."),
+    (ADAM, dict(lr="0.1"), TypeError,
+     r"Invalid type for argument `lr`\. Expected a float\. Received lr='0\.1' of type str\."),
+    (ADAM, dict(amsgrad=1), TypeError, r"argument `amsgrad`\. Expected a bool\."),
 ]
 
 

@@ -16,7 +16,8 @@ import torchblocks as tb
 from tiny_models import CLASSES, PER_CLASS, write_image_folder
 from torchblocks.cli import main
 from torchblocks.train import (
-    TrainConfig, context_from_env, digits, image_folder, initialize, make_optimizer, stratified_split, stratified_subset, train,
+    TrainConfig, context_from_env, digits, image_folder, initialize, make_optimizer, stratified_split,
+    stratified_subset, train,
 )
 
 TINY = "tiny_models:tiny_cnn"
@@ -140,7 +141,8 @@ def test_resume_when_done_trains_nothing(folder, tmp_path, capsys):
     assert _run(capsys, folder, *TINY_ARGS, "--epochs", 1, "--checkpoint", checkpoint)[0] == 0
     before = checkpoint.read_bytes()
     status, out, _ = _run(capsys, folder, *TINY_ARGS, "--epochs", 1, "--checkpoint", checkpoint, "--resume")
-    assert status == 0 and out == [f"{checkpoint} already holds 1 epochs; nothing to train (raise --epochs to continue)"]
+    assert status == 0
+    assert out == [f"{checkpoint} already holds 1 epochs; nothing to train (raise --epochs to continue)"]
     assert checkpoint.read_bytes() == before
 
 
@@ -158,7 +160,8 @@ def _checkpoint_after_one_epoch(folder, tmp_path, capsys, model=TINY):
 
 
 RESUME_FAILURES = [
-    ("corrupt", lambda path: path.write_bytes(b"not a checkpoint"), [], "is corrupt or not a torchblocks training checkpoint"),
+    ("corrupt", lambda path: path.write_bytes(b"not a checkpoint"), [],
+     "is corrupt or not a torchblocks training checkpoint"),
     ("truncated", lambda path: path.write_bytes(path.read_bytes()[:200]), [], "is corrupt"),
     ("foreign", lambda path: torch.save({"model": {}}, path), [], "is not a torchblocks training checkpoint"),
     ("other-model", None, ["--model", "tiny_models:tiny_dropout_cnn"],
@@ -167,7 +170,8 @@ RESUME_FAILURES = [
 ]
 
 
-@pytest.mark.parametrize("damage, extra, message", [r[1:] for r in RESUME_FAILURES], ids=[r[0] for r in RESUME_FAILURES])
+@pytest.mark.parametrize("damage, extra, message", [r[1:] for r in RESUME_FAILURES],
+                         ids=[r[0] for r in RESUME_FAILURES])
 def test_bad_checkpoint_is_refused_and_nothing_changes(folder, tmp_path, capsys, damage, extra, message):
     checkpoint, log = _checkpoint_after_one_epoch(folder, tmp_path, capsys)
     if damage is not None:
@@ -218,7 +222,8 @@ BAD_INPUT = [
      "built a str, not an nn.Module"),
     ("checkpoint-folder-missing", write_image_folder,
      ["--checkpoint", "/nonexistent-dir/c.pt"], "cannot write checkpoint '/nonexistent-dir/c.pt': expected a file"),
-    ("checkpoint-is-a-folder", write_image_folder, ["--checkpoint", "."], "cannot write checkpoint '.': expected a file"),
+    ("checkpoint-is-a-folder", write_image_folder, ["--checkpoint", "."],
+     "cannot write checkpoint '.': expected a file"),
     ("resume-without-checkpoint", write_image_folder, ["--resume"],
      "no checkpoint at"),
 ]

@@ -20,8 +20,8 @@ CONFIGS = (("plain", False, False), ("plain + BN", False, True), ("residual", Tr
            ("residual + BN", True, True))
 
 
-def run_case(depth, residual, batchnorm, seed, steps, every, init, data):
-    x_train, y_train, x_val, y_val = data
+def run_case(depth, residual, batchnorm, seed, steps, every, init):
+    x_train, y_train, x_val, y_val = common.digits_in_memory(8, 1)
     model = common.model_for(seed, lambda: common.conv_stack(depth, residual, batchnorm), init)
     losses, evaluations = [], []
 
@@ -49,7 +49,8 @@ def plot(cases, depth, path):
         steps = [step for step, _ in curves[0]]
         stats = [common.mean_std(column) for column in zip(*[[v for _, v in c] for c in curves])]
         line, = loss_ax.plot(steps, [m for m, _ in stats], label=label)
-        loss_ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2, color=line.get_color())
+        loss_ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2,
+                             color=line.get_color())
         steps = [step for step, _ in runs[0]["evaluations"]]
         stats = [common.mean_std(column) for column in zip(*[[v for _, v in run["evaluations"]] for run in runs])]
         acc_ax.plot(steps, [100 * m for m, _ in stats], label=label, color=line.get_color())
@@ -82,9 +83,9 @@ def main() -> None:
     depth = args.depth or (QUICK_DEPTH if args.quick else DEPTH)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     every = QUICK_EVAL_EVERY if args.quick else EVAL_EVERY
-    data = common.digits_in_memory(8, 1)
-    cases = {label: [run_case(depth, residual, bn, seed, steps, every, args.init, data) for seed in args.seeds]
-             for label, residual, bn in CONFIGS}
+    specs = [(depth, residual, bn, seed, steps, every, args.init) for _, residual, bn in CONFIGS for seed in args.seeds]
+    outcomes = iter(common.run_all(run_case, specs, args))
+    cases = {label: [next(outcomes) for _ in args.seeds] for label, _, _ in CONFIGS}
     plot(cases, depth, f"{args.out}/batchnorm_curves.png")
     rows = []
     for label, _, _ in CONFIGS:

@@ -6,13 +6,16 @@ on one CPU thread (small models train faster on one thread than on two contended
 results do not depend on the thread count).
 """
 import argparse
+import functools
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +35,31 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few steps of every case (< 30 s): checks the pipeline only")
     p.add_argument("--out", default=DOCS, help="folder for the PNG plots and the JSON results (default: docs/)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds (default 0 1 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="training runs in parallel processes (default 2; 1 with --quick)")
     return p
 
 
 def start(args: argparse.Namespace) -> float:
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
+    if args.jobs is None:
+        args.jobs = 1 if args.quick else 2
     return time.perf_counter()
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_all(function: Callable[..., Any], cases: Sequence[tuple], args: argparse.Namespace) -> List[Any]:
+    """``[function(*case) for case in cases]``, in ``args.jobs`` spawned processes when above 1."""
+    if args.jobs <= 1:
+        return [function(*case) for case in cases]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init, initargs=(args.threads,)) as pool:
+        return list(pool.map(function, *zip(*cases)))
 
 
 class ConvBlock(nn.Module):
@@ -81,8 +101,9 @@ def weight_layers(model: nn.Module) -> List[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+@functools.lru_cache(maxsize=2)
 def digits_in_memory(size: int = 8, channels: int = 1) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x_train, y_train, x_val, y_val): the digits split as ``torchblocks train`` makes it."""
+    """(x_train, y_train, x_val, y_val): the digits split as ``torchblocks train`` makes it (cached)."""
     splits = digits((size, size), channels)
 
     def stack(dataset) -> Tuple[Tensor, Tensor]:
@@ -159,9 +180,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
 def finish(args: argparse.Namespace, name: str, results: Dict, table: str, started: float) -> None:
     """Write ``name``.json beside the plots and print the table with the run's own figures."""
     results = dict(results, seconds=round(time.perf_counter() - started, 1), threads=args.threads,
-                   quick=args.quick, torch=torch.__version__)
+                   jobs=args.jobs, quick=args.quick, torch=torch.__version__)
     with open(os.path.join(args.out, f"{name}.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     print(table)
-    print(f"\n{name}: {results['seconds']} s on {args.threads} thread(s); plots and {name}.json in {args.out}",
-          file=sys.stderr)
+    print(f"\n{name}: {results['seconds']} s in {args.jobs} process(es) of {args.threads} thread(s); "
+          f"plots and {name}.json in {args.out}", file=sys.stderr)

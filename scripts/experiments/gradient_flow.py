@@ -23,6 +23,7 @@ DEPTHS = (10, 20, 40, 80)
 QUICK_DEPTHS = (4, 10)
 STEPS, QUICK_STEPS = 200, 3
 PROBE = 256
+FLOOR = 1e-12  # exact zero gradients (every ReLU dead) are drawn here on the log scale
 # (label, residual, batchnorm)
 CONFIGS = (("plain", False, False), ("plain + BN", False, True), ("residual", True, False),
            ("residual + BN", True, True))
@@ -37,8 +38,16 @@ def grad_norms(model, x, y):
     return [float(g.norm()) for g in grads]
 
 
-def run_case(depth, residual, batchnorm, seed, steps, init, data, probe):
-    x_train, y_train, x_val, y_val = data
+def probe_batch():
+    """A fixed batch of PROBE training digits on which every gradient norm is measured."""
+    x_train, y_train, _, _ = common.digits_in_memory(8, 1)
+    chosen = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(1234))[:PROBE]
+    return x_train[chosen], y_train[chosen]
+
+
+def run_case(depth, residual, batchnorm, seed, steps, init):
+    x_train, y_train, x_val, y_val = common.digits_in_memory(8, 1)
+    probe = probe_batch()
     model = common.model_for(seed, lambda: common.conv_stack(depth, residual, batchnorm), init)
     at_init = grad_norms(model, *probe)
     losses = []
@@ -48,12 +57,21 @@ def run_case(depth, residual, batchnorm, seed, steps, init, data, probe):
                 final_loss=sum(tail) / len(tail))
 
 
+def first_to_last(runs, key):
+    """log10(‖g_first‖ / ‖g_last‖) over the seeds whose gradients are not all zero; "k dead" counts the rest."""
+    live = [run[key][0] / run[key][-1] for run in runs if run[key][0] > 0 and run[key][-1] > 0]
+    dead = len(runs) - len(live)
+    text = common.log10_pm(live) if live else "—"
+    return text + (f" ({dead} dead)" if dead else "")
+
+
 def plot(depth, cases, steps, path):
     plt = common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, title in ((axes[0], "at_init", "at initialisation"), (axes[1], "trained", f"after {steps} RMSprop steps")):
+    panels = ((axes[0], "at_init", "at initialisation"), (axes[1], "trained", f"after {steps} RMSprop steps"))
+    for ax, key, title in panels:
         for label, _, _ in CONFIGS:
-            runs = [[math.log10(max(v, 1e-30)) for v in run[key]] for run in cases[label]]
+            runs = [[math.log10(max(v, FLOOR)) for v in run[key]] for run in cases[label]]
             layers = range(1, len(runs[0]) + 1)
             mean = [sum(column) / len(column) for column in zip(*runs)]
             ax.plot(layers, [10 ** m for m in mean], label=label)
@@ -65,7 +83,7 @@ def plot(depth, cases, steps, path):
     axes[0].set_ylabel("‖∂loss/∂W‖")
     axes[0].legend()
     fig.suptitle(f"Gradient norm per weight layer, body depth {depth} (+ stem conv + Dense): "
-                 f"geometric mean over {len(cases[CONFIGS[0][0]])} seeds, band = min..max")
+                 f"geometric mean over {len(cases[CONFIGS[0][0]])} seeds, band = min..max, zeros at {FLOOR:g}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -79,21 +97,17 @@ def main() -> None:
     started = common.start(args)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     depths = QUICK_DEPTHS if args.quick else DEPTHS
-    data = common.digits_in_memory(8, 1)
-    generator = torch.Generator().manual_seed(1234)
-    chosen = torch.randperm(len(data[1]), generator=generator)[:PROBE]
-    probe = (data[0][chosen], data[1][chosen])
-    results, rows = {}, []
+    cases = [(depth, residual, bn, seed, steps, args.init)
+             for depth in depths for _, residual, bn in CONFIGS for seed in args.seeds]
+    outcomes = iter(common.run_all(run_case, cases, args))
+    results = {str(depth): {label: [next(outcomes) for _ in args.seeds] for label, _, _ in CONFIGS} for depth in depths}
+    rows = []
     for depth in depths:
-        cases = {label: [run_case(depth, residual, bn, seed, steps, args.init, data, probe) for seed in args.seeds]
-                 for label, residual, bn in CONFIGS}
-        results[str(depth)] = cases
-        plot(depth, cases, steps, f"{args.out}/gradient_flow_depth{depth}.png")
+        by_config = results[str(depth)]
+        plot(depth, by_config, steps, f"{args.out}/gradient_flow_depth{depth}.png")
         for label, _, _ in CONFIGS:
-            runs = cases[label]
-            rows.append([depth, label,
-                         common.log10_pm([run["at_init"][0] / run["at_init"][-1] for run in runs]),
-                         common.log10_pm([run["trained"][0] / run["trained"][-1] for run in runs]),
+            runs = by_config[label]
+            rows.append([depth, label, first_to_last(runs, "at_init"), first_to_last(runs, "trained"),
                          common.pm([run["final_loss"] for run in runs], 3),
                          common.pm([run["val_accuracy"] for run in runs], 1, 100)])
     table = common.markdown_table(

@@ -40,7 +40,8 @@ def latencies(rounds: int, seconds: float):
     alternating the two models round by round so that load on the machine hits both alike."""
     torch.manual_seed(0)
     models = {name: build(name).eval() for name in MODELS}
-    shapes = {"batch 1": (1, 3, SIZE, SIZE), "batch 32": (32, 3, SIZE, SIZE), "batch 1 @64": (1, 3, BOOK_SIZE, BOOK_SIZE)}
+    shapes = {"batch 1": (1, 3, SIZE, SIZE), "batch 32": (32, 3, SIZE, SIZE),
+              "batch 1 @64": (1, 3, BOOK_SIZE, BOOK_SIZE)}
     times = {(name, key): [] for name in MODELS for key in shapes}
     for _ in range(rounds):
         for key, shape in shapes.items():
@@ -61,8 +62,8 @@ def counts():
     return result
 
 
-def train_case(name, fraction, seed, steps, init, data):
-    x_train, y_train, x_val, y_val = data
+def train_case(name, fraction, seed, steps, init):
+    x_train, y_train, x_val, y_val = common.digits_in_memory(SIZE, 3)
     kept = stratified_subset(y_train.tolist(), fraction)
     model = common.model_for(seed, lambda: build(name), init)
     started = time.perf_counter()
@@ -113,10 +114,10 @@ def main() -> None:
     args = p.parse_args()
     started = common.start(args)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
-    data = common.digits_in_memory(SIZE, 3)
+    specs = [(name, f, seed, steps, args.init) for name in MODELS for f in FRACTIONS for seed in args.seeds]
+    outcomes = iter(common.run_all(train_case, specs, args))
+    results = {name: {str(f): [next(outcomes) for _ in args.seeds] for f in FRACTIONS} for name in MODELS}
     count = counts()
-    results = {name: {str(f): [train_case(name, f, seed, steps, args.init, data) for seed in args.seeds]
-                      for f in FRACTIONS} for name in MODELS}
     latency = latencies(*((QUICK_LATENCY_ROUNDS, QUICK_LATENCY_SECONDS) if args.quick
                           else (LATENCY_ROUNDS, LATENCY_SECONDS)))
     train_ms = plot(results, count, latency, f"{args.out}/separable_vs_standard.png")

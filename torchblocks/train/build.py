@@ -17,7 +17,9 @@ FACTORY_INPUT = (3, 64, 64)
 def resolve(spec: str) -> Tuple[str, Callable[..., nn.Module]]:
     """(canonical name, factory) for ``spec``: a model name (case-insensitive) or ``module:attribute``."""
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"Invalid value for argument `model`. Expected a model name or module:attribute. Received model={spec!r}.")
+        raise ValueError(
+            f"Invalid value for argument `model`. Expected a model name or module:attribute. Received model={spec!r}."
+        )
     if ":" in spec:
         module_name, _, attribute = spec.partition(":")
         if not module_name or not attribute:

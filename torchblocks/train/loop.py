@@ -31,7 +31,9 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, context: Context,
                  amp: Optional[str] = None, channels_last: bool = False) -> None:
         if amp is not None and amp not in AMP_DTYPES:
-            raise ValueError(f"Invalid value for argument `amp`. Expected None or one of {tuple(AMP_DTYPES)}. Received amp={amp!r}.")
+            raise ValueError(
+                f"Invalid value for argument `amp`. Expected None or one of {tuple(AMP_DTYPES)}. Received amp={amp!r}."
+            )
         self.model, self.optimizer, self.context = model, optimizer, context
         # Evaluation runs on the unwrapped model: DDP's forward broadcasts buffers, a collective
         # that would hang when ranks hold different numbers of validation batches.

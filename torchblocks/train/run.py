@@ -73,34 +73,29 @@ def make_optimizer(name: str, params, lr: Optional[float]) -> torch.optim.Optimi
     return torch.optim.SGD(params, lr=lr)
 
 
-def _check_config(config: TrainConfig) -> None:
-    def positive(name: str, value: object, kind=int) -> None:
-        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0 or value == math.inf:
-            raise ValueError(f"Invalid value for argument `{name}`. Expected a positive {kind.__name__}. Received {name}={value!r}.")
+def _invalid(name: str, expected: str, value: object) -> ValueError:
+    return ValueError(f"Invalid value for argument `{name}`. Expected {expected}. Received {name}={value!r}.")
 
-    positive("epochs", config.epochs)
-    positive("batch_size", config.batch_size)
-    if config.lr is not None:
-        positive("lr", config.lr, float)
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"Invalid value for argument `optimizer`. Expected one of {OPTIMIZERS}. Received optimizer={config.optimizer!r}.")
-    if config.amp is not None and config.amp not in AMP_DTYPES:
-        raise ValueError(f"Invalid value for argument `amp`. Expected one of {tuple(AMP_DTYPES)}. Received amp={config.amp!r}.")
+
+def _check_config(config: TrainConfig) -> None:
+    for name, kind in (("epochs", int), ("batch_size", int), ("lr", float)):
+        value = getattr(config, name)
+        if name == "lr" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
+            raise _invalid(name, f"a positive {kind.__name__}", value)
+    for name, choices in (("optimizer", OPTIMIZERS), ("init", INITS), ("amp", (None, *AMP_DTYPES)),
+                          ("dataset", (None, *DATASETS))):
+        if getattr(config, name) not in choices:
+            raise _invalid(name, f"one of {choices}", getattr(config, name))
     if (config.data is None) == (config.dataset is None):
         raise ValueError("give exactly one of an image folder (data) and a dataset name (--dataset digits)")
-    if config.dataset is not None and config.dataset not in DATASETS:
-        raise ValueError(f"Invalid value for argument `dataset`. Expected one of {DATASETS}. Received dataset={config.dataset!r}.")
-    if config.init not in INITS:
-        raise ValueError(f"Invalid value for argument `init`. Expected one of {INITS}. Received init={config.init!r}.")
-    if config.workers < 0:
-        raise ValueError(f"Invalid value for argument `workers`. Expected an int >= 0. Received workers={config.workers!r}.")
+    if isinstance(config.workers, bool) or not isinstance(config.workers, int) or config.workers < 0:
+        raise _invalid("workers", "an int >= 0", config.workers)
     if config.input_size is not None:
         channels, height, width = config.input_size
         if channels not in (1, 3) or height < 1 or width < 1:
-            raise ValueError(
-                f"Invalid value for argument `input_size`. Expected (C, H, W) with C 1 or 3 and H, W >= 1. "
-                f"Received input_size={tuple(config.input_size)}."
-            )
+            raise _invalid("input_size", "(C, H, W) with C 1 or 3 and H, W >= 1", tuple(config.input_size))
     for name in ("checkpoint", "log"):
         path = getattr(config, name)
         if path is None:
@@ -202,7 +197,8 @@ def train(config: TrainConfig, stdout: Optional[TextIO] = None, stderr: Optional
     try:
         wrapped = model
         if context.launched:
-            wrapped = DistributedDataParallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
+            on_gpu = context.device.type == "cuda"
+            wrapped = DistributedDataParallel(model, device_ids=[context.device] if on_gpu else None)
         trainer = Trainer(wrapped, optimizer, context, config.amp, config.channels_last)
         progress = None if config.progress else False
         for epoch in range(len(history), config.epochs):
