@@ -1,11 +1,12 @@
 """``torchblocks train``: train a model on an image folder or the digits, alone or under torchrun."""
 import argparse
+import textwrap
 
 from ._common import positive_int
 
 EPILOG = """\
 examples:
-  torchblocks train --dataset digits --model SeparableConvNet --epochs 3
+  torchblocks train --dataset digits --model SeparableConvNet --epochs 3 --init he
   torchblocks train photos/ --model resnet18 --input-size 3 128 128 --optimizer adam --log metrics.csv
   torchrun --nproc-per-node 2 -m torchblocks train --dataset digits --model SeparableConvNet --metrics m.csv
   torchblocks train --dataset digits --model SeparableConvNet --epochs 6 --resume
@@ -39,12 +40,12 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     p = subparsers.add_parser(
         "train",
         help="train a model (categorical cross-entropy; DDP under torchrun)",
-        description=(
+        description=textwrap.fill(
             "Train a torchblocks model (or a module:attribute factory) on an image folder "
             "(ImageFolder layout: DATA/<class>/<image>) or on scikit-learn's bundled digits. "
             "Defaults follow the book's compile(optimizer='rmsprop', loss='categorical_crossentropy'). "
             "Under torchrun every process runs this same command (DDP; gloo on CPU, NCCL on GPU); "
-            "rank 0 alone writes the checkpoint and the log."
+            "rank 0 alone writes the checkpoint and the log.", 90
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
