@@ -360,3 +360,18 @@ BAD_SYNC = [
 def test_sync_batchnorm_bad_input_is_refused(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_fuse_bn_leaves_a_channels_last_sync_batchnorm_alone():
+    """A conv followed by SyncBatchNorm(axis=-1) (a _BatchNorm over the last dim) is not folded:
+    fuse_bn keeps the model's eval output exactly, where folding it as axis=1 would miss by ~1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), tb.SyncBatchNorm(4, axis=-1)).eval()
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 5, 4)  # W = 4 = channels: the last dim fits either reading
+    fused = tb.fuse_bn(model)
+    assert isinstance(fused[1], tb.SyncBatchNorm)
+    with torch.no_grad():
+        assert torch.equal(fused(x), model(x))
