@@ -351,10 +351,10 @@ def test_he_init_gives_unit_gain_per_relu_layer():
 
 @pytest.mark.slow
 def test_book_model_trains_on_digits_from_the_command_line(tmp_path, capsys, monkeypatch):
-    """The README's command at the model's 32x32 minimum for one epoch, with He initialisation."""
+    """The README's command (default He initialisation) at the model's 32x32 minimum for one epoch."""
     monkeypatch.chdir(tmp_path)
     status, out, err = _run(capsys, "--dataset", "digits", "--model", "SeparableConvNet", "--epochs", 1,
-                            "--input-size", 3, 32, 32, "--init", "he", "--no-progress")
+                            "--input-size", 3, 32, 32, "--no-progress")
     assert status == 0 and err == [] and out[0].startswith("epoch 1/1 - loss ")
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["history"][0]["val_accuracy"] > 0.5  # measured: 0.85 (chance: 0.10)

@@ -57,7 +57,7 @@ class TrainConfig:
     channels_last: bool = False
     amp: Optional[str] = None
     sync_bn: bool = False
-    init: str = "model"
+    init: str = "he"
     device: Optional[str] = None
     workers: int = 0
     progress: bool = True
