@@ -293,6 +293,8 @@ TB_DEPARTURES = [
     ("conv_activation", tb.models.ResNet, {},
      _set("conv1", lambda c: tb.Conv2d(3, 64, 7, 2, 3, bias=False, activation="relu")),
      TypeError, r"`tb_model.conv1.act` is a torch.nn.ReLU"),
+    ("same_block_conv", tb.models.ResNet, {},
+     _set(f"layer1.0.{BODY}.conv2", lambda c: tb.Conv2d(64, 64, 3, 1, "same", bias=False)), ValueError, rf"`tb_model.layer1.0.{BODY}.conv2` is configured as \(64, 64, .*padding='same'"),
     ("torch_pool", tb.models.ResNet, {}, _set("maxpool", lambda p: nn.MaxPool2d(3, 2, 1)), TypeError,
      r"`tb_model.maxpool` is a torch.nn.MaxPool2d; .* only a torchblocks.pooling.MaxPool2d"),
     ("identity_shortcut", tb.models.ResNet, {}, _set("layer2.0.residual.shortcut", lambda s: nn.Identity()),

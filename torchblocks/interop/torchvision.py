@@ -9,7 +9,7 @@ settings, pooling windows), its parameters and their shapes — and anything els
 name: ``replace_stride_with_dilation``, a changed stem, ResNeXt/wide ResNets, ``GroupNorm`` or
 ``FrozenBatchNorm2d``, a ``Sequential`` head, another activation, forward hooks, tied weights.
 """
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -72,14 +72,8 @@ def _tensors(module: nn.Module) -> Dict[str, Tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in own.items() if t is not None}
 
 
-def _compare(
-    arg: str, source: nn.Module, reference: nn.Module, supported: str, hints: Dict[str, str],
-    equivalent: Sequence[Tuple[str, type, type]] = (),
-) -> None:
-    """Raise unless ``source`` has ``reference``'s submodules, types, attributes and tensor shapes.
-
-    ``equivalent`` lists (path, source type, reference type) pairs accepted as the same layer.
-    """
+def _compare(arg: str, source: nn.Module, reference: nn.Module, supported: str, hints: Dict[str, str]) -> None:
+    """Raise unless ``source`` has ``reference``'s submodules, types, attributes and tensor shapes."""
     found = dict(source.named_modules(remove_duplicate=False))
     expected = dict(reference.named_modules(remove_duplicate=False))
     for name, ref in expected.items():
@@ -90,8 +84,7 @@ def _compare(
                 f"{_type_name(ref)} there."
             )
         module = found[name]
-        same_type = type(module) is type(ref) or (name, type(module), type(ref)) in equivalent
-        if not same_type:
+        if type(module) is not type(ref):
             raise TypeError(
                 f"Invalid type for argument `{arg}`. `{path}` is a {_type_name(module)}; the "
                 f"conversion supports only a {_type_name(ref)} there, as {supported} has."
