@@ -76,7 +76,8 @@ def test_sdist_holds_the_tests_their_helpers_and_the_docs(dists):
     sdist, _, unpacked = dists
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    tests = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*.py") if "__pycache__" not in p.parts}
+    tests = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*.py")
+             if "__pycache__" not in p.parts}
     assert {"tests/conftest.py", "tests/keras_oracle.py", "tests/reliability_cases.py"} <= tests
     assert not (tests - names), f"missing from the sdist: {sorted(tests - names)}"
     assert not [f for f in SDIST_FILES if f not in names]
@@ -113,8 +114,10 @@ def test_unpacked_sdist_collects_its_tests(dists):
     where = subprocess.run([sys.executable, "-c", "import torchblocks; print(torchblocks.__file__)"],
                            cwd=unpacked, env=env, capture_output=True, text=True, timeout=300)
     assert Path(where.stdout.strip()).is_relative_to(unpacked), where.stdout + where.stderr
-    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-                            cwd=unpacked, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=unpacked, env=env, capture_output=True, text=True, timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     collected = re.search(r"^(\d+) tests? collected", result.stdout, re.M)
     assert collected and int(collected.group(1)) > 100, result.stdout[-1000:]
@@ -138,7 +141,11 @@ def _bash_commands(text: str) -> set:
             for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")}
 
 
-@pytest.mark.parametrize("english, chinese", [("Run the main job", "运行主任务"), ("Run the tests", "运行测试")])
+COMMANDS = [("Run the main job", "运行主任务"), ("Run the tests", "运行测试")]
+PATTERNS = [(1, "残差连接"), (2, "批标准化"), (3, "深度可分离卷积")]
+
+
+@pytest.mark.parametrize("english, chinese", COMMANDS)
 def test_chinese_readme_commands_are_the_readme_commands(english, chinese):
     assert _command_after(_read("README.zh-CN.md"), chinese) == _command_after(_read("README.md"), english)
 
@@ -178,6 +185,6 @@ def test_chinese_readme_examples_run():
     for expected in ("8896 73856", "torch.Size([2, 128, 16, 16])", "torch.Size([1, 10])", "38949"):
         assert expected in printed
 
-@pytest.mark.parametrize("number, term", [(1, "残差连接"), (2, "批标准化"), (3, "深度可分离卷积")])
+@pytest.mark.parametrize("number, term", PATTERNS)
 def test_chinese_readme_names_the_patterns_in_the_text_s_terms(number, term):
     assert re.search(rf"^### {number}\. {term}$", _read("README.zh-CN.md"), re.M)

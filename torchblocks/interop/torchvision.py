@@ -72,7 +72,9 @@ def _tensors(module: nn.Module) -> Dict[str, Tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in own.items() if t is not None}
 
 
-def _compare(arg: str, source: nn.Module, reference: nn.Module, supported: str, hints: Dict[str, str]) -> None:
+def _compare(
+    arg: str, source: nn.Module, reference: nn.Module, supported: str, hints: Dict[str, str]
+) -> None:
     """Raise unless ``source`` has ``reference``'s submodules, types, attributes and tensor shapes."""
     found = dict(source.named_modules(remove_duplicate=False))
     expected = dict(reference.named_modules(remove_duplicate=False))
@@ -98,7 +100,8 @@ def _compare(arg: str, source: nn.Module, reference: nn.Module, supported: str, 
                     f"{hints.get(attr, '')}."
                 )
         # torchblocks layers keep their whole configuration (Keras padding, activation) in it.
-        if name and type(ref).__module__.startswith("torchblocks") and module.extra_repr() != ref.extra_repr():
+        own_layer = name and type(ref).__module__.startswith("torchblocks")
+        if own_layer and module.extra_repr() != ref.extra_repr():
             raise ValueError(
                 f"Invalid value for argument `{arg}`. `{path}` is configured as "
                 f"({module.extra_repr()}); the conversion supports only ({ref.extra_repr()}), as "
