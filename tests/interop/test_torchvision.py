@@ -235,7 +235,8 @@ TV_DEPARTURES = [
      r"`tv_model.layer2.1.relu` is a torch.nn.GELU"),
     ("stem_relu", _set("relu", lambda r: nn.ReLU6()), TypeError, r"`tv_model.relu` is a torch.nn.ReLU6"),
     ("block_dilation", _dilate("layer3.1.conv1"), ValueError,
-     r"`tv_model.layer3.1.conv1` has padding=\(2, 2\)"),
+     r"`tv_model.layer3.1.conv1` has dilation=\(2, 2\); .* only dilation=\(1, 1\), "
+     r".*\(replace_stride_with_dilation is not supported\)"),
     ("block_stride", _set_attr("layer2.0.downsample.0", "stride", (1, 1)), ValueError,
      r"`tv_model.layer2.0.downsample.0` has stride=\(1, 1\)"),
     ("block_padding_mode", _set_attr("layer1.1.conv2", "padding_mode", "reflect"), ValueError,
@@ -314,7 +315,7 @@ TB_DEPARTURES = [
     ("conv_stride", tb.models.ResNet, {}, _set_attr("layer3.0.residual.shortcut.proj", "stride", (1, 1)),
      ValueError, r"`tb_model.layer3.0.residual.shortcut.proj` has stride=\(1, 1\)"),
     ("block_dilation", tb.models.ResNet, {}, _dilate(f"layer3.1.{BODY}.conv1"), ValueError,
-     rf"`tb_model.layer3.1.{BODY}.conv1` has padding=\(2, 2\)"),
+     rf"`tb_model.layer3.1.{BODY}.conv1` has dilation=\(2, 2\)"),
     ("hook", tb.models.ResNet, {}, _hook(f"layer1.0.{BODY}.relu1"), ValueError,
      rf"`tb_model.layer1.0.{BODY}.relu1` has forward_hooks"),
     ("tied", tb.models.ResNet, {}, _tie(f"layer4.0.{BODY}.bn1", f"layer4.1.{BODY}.bn1"), ValueError,

@@ -18,13 +18,14 @@ from torchvision.models import resnet as tv_resnet
 from ..linear import Dense
 from ..models.resnet import RESNET_CONFIGS, BasicBlock, ResNet
 
-# Per torch base class, the attributes its forward reads: these must equal the reference's.
+# Per torch base class, the attributes its forward reads: these must equal the reference's. The
+# first that differs is named, so dilation comes before the padding that usually changes with it.
 # `bias` is compared as the constructor's flag (a bias or None).
 _ATTRIBUTES: Tuple[Tuple[type, Tuple[str, ...]], ...] = (
-    (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+    (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "dilation", "padding",
                  "groups", "padding_mode", "bias")),
     (nn.modules.batchnorm._BatchNorm, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
-    (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    (nn.MaxPool2d, ("kernel_size", "stride", "dilation", "padding", "ceil_mode", "return_indices")),
     (nn.AdaptiveAvgPool2d, ("output_size",)),
     (nn.Linear, ("in_features", "out_features", "bias")),
 )
