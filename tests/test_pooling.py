@@ -1,6 +1,6 @@
 """MaxPool2d and AvgPool2d: Keras 3 as oracle, plus a NumPy reference for 'same' average pooling.
 
-Keras 3.15's torch backend repeats edge pixels in uneven 'same' average pooling (docs/design.md), so
+Keras 3.15's torch backend repeats edge pixels in uneven 'same' average pooling (DESIGN.md), so
 the documented rule (average the real pixels only, as TensorFlow does) is checked against NumPy.
 """
 import itertools

@@ -1,6 +1,6 @@
 """Parameter and FLOP analysis: fvcore counts, closed-form formulas, standard-conv counterparts.
 
-Convention (docs/design.md, "FLOP convention"): fvcore counts one fused multiply-add as one "flop";
+Convention (DESIGN.md, "FLOP convention"): fvcore counts one fused multiply-add as one "flop";
 here that figure is called MACs and ``flops = 2 * macs``. The cost of each op is listed in
 :mod:`torchblocks.analysis.handlers`.
 """
