@@ -220,3 +220,17 @@ def test_norm_layers_script_and_round_trip(make, shape):
     module = make()
     module(torch.randn(shape) * 3 + 1)  # one training step: non-trivial running statistics
     check_scripted(module, (torch.randn(shape),))
+
+
+# --- dtypes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("axis, shape", [(1, (2, 3, 4, 4)), (-1, (2, 4, 4, 3)), (1, (5, 3))])
+def test_batchnorm_dtype_errors_name_the_layer(axis, shape):
+    bn = tb.BatchNorm(3, axis=axis).eval()
+    # CPU BatchNorm takes half inputs with float parameters: the output keeps the input's dtype.
+    assert bn(torch.randn(shape, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match=r"BatchNorm received a torch.float64 input but its parameters are torch.float32 \(torch: mixed dtype"):
+        bn(torch.randn(shape, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"BatchNorm received a torch.int64 input.*Cast the input with x.to\(torch.float32\)\.$"):
+        bn(torch.ones(shape, dtype=torch.int64))

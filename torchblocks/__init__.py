@@ -14,7 +14,7 @@ from .pooling import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projection, Residual
 from .fusion import fuse_bn
 from .inference import optimize_for_inference
-from . import analysis, export, models
+from . import analysis, ecosystem, export, models
 
 __version__ = "0.1.0"
 

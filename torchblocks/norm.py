@@ -9,14 +9,63 @@ where n = N·H·W is the number of values per channel. The normalised outputs ar
 """
 import math
 
+import torch
+import torch.fx
 from torch import Tensor, nn
 from torch.jit import Final
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .activations import ActivationArg
+from ._checks import dtype_error
 from .conv import Conv2d
 from .linear import Dense
 from .padding import PaddingArg, check_positive_int
+
+
+@torch.fx.wrap
+def _check_rank(x: Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` has rank >= 2 (a torch.fx leaf, so BatchNorm traces)."""
+    if x.dim() < 2:
+        raise ValueError(f"BatchNorm expects an input of rank >= 2; received {x.dim()}-D.")
+
+
+@torch.fx.wrap
+def _check_channels(x: Tensor, channels: int, axis: int) -> None:
+    """Raise ``ValueError`` unless ``x`` has ``channels`` on ``axis`` (a torch.fx leaf)."""
+    if x.dim() < 2:
+        raise ValueError(
+            f"BatchNorm expects an input of rank >= 2 with {channels} channels; received shape "
+            f"{x.shape}."
+        )
+    if axis == 1:
+        if x.shape[1] != channels:
+            hint = ""
+            if x.shape[-1] == channels:
+                hint = (
+                    " It looks channels-last: use BatchNorm(axis=-1), or pass "
+                    "x.permute(0, 3, 1, 2) for (N, H, W, C) input."
+                )
+            raise ValueError(
+                f"BatchNorm(axis=1) expects {channels} channels in dim 1; received shape "
+                f"{x.shape}.{hint}"
+            )
+    elif x.shape[-1] != channels:
+        raise ValueError(
+            f"BatchNorm(axis=-1) expects {channels} channels in the last dim; received shape "
+            f"{x.shape}."
+        )
+
+
+@torch.fx.wrap
+def _move_channels(x: Tensor, to_front: bool) -> Tensor:
+    """``x.movedim(-1, 1)`` (``to_front``) or ``x.movedim(1, -1)``, written as the same ``permute``
+    view: FLOP counters that trace (fvcore) know ``aten::permute`` and warn on ``aten::movedim``."""
+    rank = x.dim()
+    if to_front:
+        dims = [0, rank - 1] + list(range(1, rank - 1))
+    else:
+        dims = [0] + list(range(2, rank)) + [1]
+    return x.permute(dims)
 
 
 class _ChannelsFirstBatchNorm(_BatchNorm):
@@ -26,8 +75,7 @@ class _ChannelsFirstBatchNorm(_BatchNorm):
     """
 
     def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"BatchNorm expects an input of rank >= 2; received {input.dim()}-D.")
+        _check_rank(input)
 
 
 class BatchNorm(nn.Module):
@@ -87,31 +135,28 @@ class BatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shape-preserving; normalises dim 1 (``axis=1``) or the last dim (``axis=-1``)."""
-        channels = self.bn.num_features
-        if x.dim() < 2:
-            raise ValueError(
-                f"BatchNorm expects an input of rank >= 2 with {channels} channels; received shape "
-                f"{x.shape}."
-            )
+        _check_channels(x, self.bn.num_features, self.axis)
         if self.axis == 1:
-            if x.shape[1] != channels:
-                hint = ""
-                if x.shape[-1] == channels:
-                    hint = (
-                        " It looks channels-last: use BatchNorm(axis=-1), or pass "
-                        "x.permute(0, 3, 1, 2) for (N, H, W, C) input."
-                    )
-                raise ValueError(
-                    f"BatchNorm(axis=1) expects {channels} channels in dim 1; received shape "
-                    f"{x.shape}.{hint}"
-                )
+            return self._normalize(x)
+        return _move_channels(self._normalize(_move_channels(x, True)), False)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
             return self.bn(x)
-        if x.shape[-1] != channels:
-            raise ValueError(
-                f"BatchNorm(axis=-1) expects {channels} channels in the last dim; received shape "
-                f"{x.shape}."
-            )
-        return self.bn(x.movedim(-1, 1)).movedim(1, -1)
+        return self._normalize_or_explain(x)
+
+    @torch.jit.unused
+    def _normalize_or_explain(self, x: Tensor) -> Tensor:
+        # Eager only (TorchScript has no try): a dtype torch refuses ("mixed dtype (CPU)") is named
+        # after the fact, so the inputs torch accepts (half with float parameters) cost nothing.
+        try:
+            return self.bn(x)
+        except RuntimeError as error:
+            reference = self.bn.weight if self.bn.weight is not None else self.bn.running_mean
+            explained = dtype_error("BatchNorm", x, error, reference)
+            if explained is None:
+                raise
+            raise explained from error
 
     def extra_repr(self) -> str:
         return f"{self.bn.num_features}, axis={self.axis}"
