@@ -304,7 +304,8 @@ TB_DEPARTURES = [
      ValueError, r"`tb_model.conv1` has padding=\(0, 0\)"),
     ("conv_activation", tb.models.ResNet, {},
      _set("conv1", lambda c: tb.Conv2d(3, 64, 7, 2, 3, bias=False, activation="relu")),
-     TypeError, r"`tb_model.conv1.act` is a torch.nn.ReLU"),
+     ValueError, r"`tb_model.conv1` is configured as \(.*activation='relu'\); the conversion supports "
+     r"only \(3, 64, .*bias=False\)"),
     ("same_block_conv", tb.models.ResNet, {},
      _set(f"layer1.0.{BODY}.conv2", lambda c: tb.Conv2d(64, 64, 3, 1, "same", bias=False)), ValueError,
      rf"`tb_model.layer1.0.{BODY}.conv2` is configured as \(64, 64, .*padding='same'"),
