@@ -22,12 +22,12 @@ DESCRIPTION = (
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchblocks`` parser with every subcommand."""
     from .. import __version__
-    from . import bench, compare, export, port, summary
+    from . import bench, compare, export, port, summary, train
 
     parser = Parser(prog="torchblocks", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"torchblocks {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (compare, summary, export, port, bench):
+    for command in (compare, summary, export, port, bench, train):
         command.add_parser(sub)
     return parser
 
