@@ -1,4 +1,4 @@
-"""The torchblocks command: compare (the main job), summary, export, bench.
+"""The torchblocks command: compare (the main job), summary, export, port, bench, train.
 
 Each subcommand lives in a module of this package with an ``add_parser`` function that registers
 its parser and points ``func`` at the function running it; ``build_parser`` wires them all, and
@@ -15,7 +15,8 @@ from ._common import EXIT_FAILURE, EXIT_USAGE, Parser, UsageError
 
 DESCRIPTION = (
     "Keras architecture patterns in PyTorch: compare separable and standard convolutions "
-    "(parameters, MACs, time), summarise, export and benchmark the torchblocks models."
+    "(parameters, MACs, time), summarise, export and benchmark the torchblocks models, port "
+    "Keras models to PyTorch source, and train them."
 )
 
 
