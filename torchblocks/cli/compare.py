@@ -17,7 +17,7 @@ SLOWER = (
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
-    from ..analysis.comparisons import (
+    from ..analysis.compare_job import (
         DEFAULT_CHANNELS, DEFAULT_KERNEL_SIZES, DEFAULT_LAYER_SIZE, DEFAULT_MODELS,
     )
 
@@ -60,7 +60,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
 
 def _layer_jobs(args: argparse.Namespace) -> List[Tuple[int, int, int]]:
-    from ..analysis.comparisons import DEFAULT_STRIDES, layer_grid
+    from ..analysis.compare_job import DEFAULT_STRIDES, layer_grid
 
     if args.model is not None or args.only == "models":
         return []
@@ -68,7 +68,7 @@ def _layer_jobs(args: argparse.Namespace) -> List[Tuple[int, int, int]]:
 
 
 def _model_jobs(args: argparse.Namespace) -> List[object]:
-    from ..analysis.comparisons import DEFAULT_MODELS
+    from ..analysis.compare_job import DEFAULT_MODELS
 
     if args.model is not None:
         if is_model_spec(args.model):
@@ -80,12 +80,12 @@ def _model_jobs(args: argparse.Namespace) -> List[object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.comparisons import DEFAULT_LAYER_SIZE, compare_layer, compare_model
+    from ..analysis.compare_job import DEFAULT_LAYER_SIZE, compare_layer, compare_model
 
     if args.plot is not None:
         if args.model is not None or args.only == "models":
             raise UsageError("--plot draws the single-layer grid: drop --model / --only models")
-        from ..analysis.comparisons import check_plot_path
+        from ..analysis.compare_job import check_plot_path
 
         check_plot_path(args.plot)  # before the run, not after it
     layer_jobs, model_jobs = _layer_jobs(args), _model_jobs(args)
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                      "(--latency times every row)")
     print(_render_comparisons(layers, models, size, args, plot_note))
     if args.plot is not None:
-        from ..analysis.comparisons import plot_channel_sweep
+        from ..analysis.compare_job import plot_channel_sweep
 
         title = f"SeparableConv2d vs Conv2d, k={plotted_kernel}, stride 1, input 1xCx{size[0]}x{size[1]}"
         plot_channel_sweep(args.plot, [r for _, r in plotted], [c for c, _ in plotted], title)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 def _render_comparisons(
     layers: Sequence, models: Sequence, size: Sequence[int], args: argparse.Namespace, plot_note: str
 ) -> str:
-    from ..analysis.comparisons import SHORT, comparison_table
+    from ..analysis.compare_job import SHORT, comparison_table
     from ..analysis.tables import records_to_csv
 
     if args.format == "json":
