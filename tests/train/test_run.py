@@ -1,4 +1,4 @@
-"""``torchblocks train`` and ``torchblocks.train``: data, loop, checkpoints, resume, bad input.
+"""``torchblocks train`` and ``torchblocks.train.run``: the loop, checkpoints, resume, bad input.
 
 Most tests train ``tiny_models:tiny_cnn`` (a module:attribute factory, as a user would pass one)
 on a generated image folder of 3 classes x 10 images, in well under a second per epoch. The
@@ -10,24 +10,15 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import torchblocks as tb
-from tiny_models import CLASSES, PER_CLASS, write_image_folder
+from tiny_models import CLASSES, write_image_folder
 from torchblocks.cli import main
-from torchblocks.train import (
-    TrainConfig, context_from_env, digits, image_folder, initialize, make_optimizer, stratified_split,
-    stratified_subset, train,
-)
+from torchblocks.train import TrainConfig, context_from_env, digits, make_optimizer, train
 
 TINY = "tiny_models:tiny_cnn"
 # One epoch of the tiny model on the tiny folder: few steps, fast.
 TINY_ARGS = ["--model", TINY, "--input-size", "3", "8", "8", "--batch-size", "8", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> str:
-    return write_image_folder(tmp_path_factory.mktemp("images"))
 
 
 def _run(capsys, *args):
@@ -35,50 +26,6 @@ def _run(capsys, *args):
     status = main(["train", *map(str, args)])
     out, err = capsys.readouterr()
     return status, out.splitlines(), err.splitlines()
-
-
-# -- data ----------------------------------------------------------------------------------------
-
-
-def test_stratified_split_keeps_class_shares_and_is_fixed():
-    labels = [0] * 50 + [1] * 30 + [2] * 7
-    train_idx, val_idx = stratified_split(labels, 0.2)
-    assert sorted(train_idx + val_idx) == list(range(len(labels)))
-    assert [sum(labels[i] == c for i in val_idx) for c in range(3)] == [10, 6, 1]  # round(0.2 * n_c)
-    assert stratified_split(labels, 0.2) == (train_idx, val_idx)
-    kept = stratified_subset([labels[i] for i in train_idx], 0.1)
-    assert [sum(labels[train_idx[i]] == c for i in kept) for c in range(3)] == [4, 2, 1]  # >= 1 per class
-
-
-def test_digits_are_the_bundled_images_split_and_resized():
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    splits = digits((8, 8), 3)
-    assert len(splits.train) + len(splits.val) == 1797 and splits.classes == tuple("0123456789")
-    counts = np.bincount(bunch.target)
-    assert len(splits.val) == sum(round(0.2 * n) for n in counts)
-    image, label = splits.val[5]
-    index = splits.val.indices[5]
-    # At 8x8 the pixels are sklearn's, scaled by 1/16, in every channel.
-    expected = torch.as_tensor(bunch.images[index], dtype=torch.float32) / 16
-    assert label == bunch.target[index] and image.shape == (3, 8, 8)
-    assert all(torch.equal(image[c], expected) for c in range(3))
-    resized, _ = digits((20, 24), 1).val[5]
-    torch.testing.assert_close(resized, F.interpolate(expected[None, None], size=(20, 24), mode="bilinear")[0])
-
-
-def test_image_folder_reads_classes_in_order_and_resizes(folder):
-    splits = image_folder(folder, (6, 7), 1)
-    assert splits.classes == CLASSES and len(splits.train) + len(splits.val) == 3 * PER_CLASS
-    image, label = splits.train[0]
-    assert image.shape == (1, 6, 7) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
-    brightness = [float(splits.train[i][0].mean()) for i in range(len(splits.train))]
-    labels = splits.train.labels
-    assert min(b for b, l in zip(brightness, labels) if l == 2) > max(b for b, l in zip(brightness, labels) if l == 0)
-
-
-# -- the command -------------------------------------------------------------------------------
 
 
 def test_train_writes_checkpoint_log_and_epoch_lines(folder, tmp_path, capsys):
@@ -314,39 +261,6 @@ def test_bad_config_values_are_refused(folder):
                                              ("x", "expected a positive integer, received 'x'")])
 def test_command_line_usage_errors(capsys, value, message):
     _one_line_failure(capsys, ["--dataset", "digits", "--epochs", value], message, status=2)
-
-
-def _max_abs(weight) -> float:
-    return float(np.abs(np.asarray(weight)).max())
-
-
-@pytest.mark.parametrize("depth_multiplier", [1, 2])
-def test_keras_init_matches_keras_glorot_limits(depth_multiplier):
-    """Glorot-uniform with Keras' fans, the depthwise kernel's included: the sampled ranges agree
-    with a Keras SeparableConv2D's (1.5%, 20k+ samples each), where torch's fans would not."""
-    from keras_oracle import keras, to_numpy
-
-    c_in, c_out = 64, 96
-    layer = keras().layers.SeparableConv2D(c_out, 5, depth_multiplier=depth_multiplier)
-    layer.build((1, 9, 9, c_in))
-    ours = initialize(tb.SeparableConv2d(c_in, c_out, 5, depth_multiplier=depth_multiplier), "keras")
-    for name, kernel in (("depthwise", layer.depthwise_kernel), ("pointwise", layer.pointwise_kernel)):
-        weight = getattr(ours, name).weight.detach()
-        assert _max_abs(weight) == pytest.approx(_max_abs(to_numpy(kernel)), rel=0.015), name
-    assert not ours.pointwise.bias.any()
-    if depth_multiplier > 1:
-        torch_limit = (6.0 / (25 + 25 * c_in * depth_multiplier)) ** 0.5  # torch's fans for the depthwise weight
-        assert torch_limit < 0.8 * _max_abs(to_numpy(layer.depthwise_kernel))
-
-
-def test_he_init_gives_unit_gain_per_relu_layer():
-    torch.manual_seed(0)
-    conv = initialize(torch.nn.Conv2d(256, 256, 3), "he")
-    x = torch.randn(8, 256, 12, 12)
-    with torch.no_grad():
-        second_moment = float(F.relu(conv(x)).pow(2).mean())
-    assert second_moment == pytest.approx(1.0, rel=0.1)  # He: E[relu(y)^2] = E[x^2]
-    assert not conv.bias.any()
 
 
 @pytest.mark.slow
