@@ -254,3 +254,61 @@ def images(rng: np.random.Generator, *shape: int) -> np.ndarray:
     reduce pure noise images to nearly the same features, leaving the oracle insensitive."""
     offsets = rng.normal(0.0, 1.0, size=shape[:2] + (1,) * (len(shape) - 2))
     return (rng.normal(0.0, 1.0, size=shape) + offsets).astype(np.float32)
+
+
+def randomize_all(model, rng: np.random.Generator) -> None:
+    """Random, non-trivial values for every float weight of a Keras model, nested models included:
+    He-normal kernels by fan-in (depthwise and grouped kernels by their own fan-in), BatchNorm and
+    LayerNorm scales and ConvNeXt's LayerScale in U(0.5, 1.5), shifts (beta) in U(0.5, 1.5),
+    moving and Normalization variances in U(0.5, 1.5), everything else N(0, 0.1).
+
+    Positive shifts keep most ReLUs active, as in trained networks: with zero-mean shifts a deep
+    random ReLU network with BatchNorm is chaotic (a 1e-6 change of its input moves ResNet50's
+    logits by 3e-4), so no float32 port could match it to 1e-5.
+    """
+    layers = keras().layers
+    for layer in model.layers:
+        if isinstance(layer, keras().Model):
+            randomize_all(layer, rng)
+            continue
+        for w in layer.weights:
+            shape = tuple(w.shape)
+            if "float" not in str(w.dtype):
+                continue  # e.g. Normalization's sample count
+            if w.name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+                if w.name == "depthwise_kernel" or isinstance(layer, layers.DepthwiseConv2D):
+                    fan_in = shape[0] * shape[1]
+                elif isinstance(layer, layers.Conv2DTranspose):
+                    fan_in = shape[0] * shape[1] * shape[3]
+                else:
+                    fan_in = int(np.prod(shape[:-1]))
+                value = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
+            elif w.name in ("gamma", "beta", "moving_variance", "variance"):
+                value = rng.uniform(0.5, 1.5, size=shape)
+            else:
+                value = rng.normal(0.0, 0.1, size=shape)
+            w.assign(value.astype(np.float32))
+
+
+def batch_norms(model) -> list:
+    """Every BatchNormalization layer of a Keras model, nested models included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras().Model):
+            found.extend(batch_norms(layer))
+        elif isinstance(layer, keras().layers.BatchNormalization):
+            found.append(layer)
+    return found
+
+
+def calibrate_all_bn(model, x: np.ndarray) -> None:
+    """``calibrate_bn`` for every BatchNormalization, nested models included (``x`` in the model's
+    own layout)."""
+    bns = batch_norms(model)
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    with torch.no_grad():
+        model(x, training=True)
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum

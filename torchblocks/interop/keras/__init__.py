@@ -22,7 +22,12 @@ Keras' private graph attributes), ``convert`` (``from_keras`` and its converter 
 function needs it (``pip install "torchblocks[keras]"``); a ``.weights.h5`` file is read with h5py
 alone.
 """
-from .convert import from_keras
-from .weights import KerasLoadResult, load_keras_weights
+from .backend import select_backend
 
-__all__ = ["KerasLoadResult", "from_keras", "load_keras_weights"]
+select_backend()
+
+from .convert import KerasModel, from_keras  # noqa: E402 (after the backend is chosen)
+from .sources import load_keras_file  # noqa: E402
+from .weights import KerasLoadResult, load_keras_weights  # noqa: E402
+
+__all__ = ["KerasLoadResult", "KerasModel", "from_keras", "load_keras_file", "load_keras_weights"]
