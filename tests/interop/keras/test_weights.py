@@ -22,6 +22,7 @@ from keras_oracle import (
     nchw_to_nhwc,
     random_weights,
     randomize,
+    randomize_all,
     rel_error,
     run_keras_nchw,
     run_torch,
@@ -367,18 +368,76 @@ def test_unsupported_weighted_keras_layer_is_listed(rng):
         load_keras_weights(tb.Dense(4, 3), model)
 
 
+# ------------------------------------------------- a converted module reloads from every source
+
+
+def _flatten_dense():
+    L = keras().layers
+    inp = keras().Input((3, 4, 5))
+    return keras().Model(inp, L.Dense(4, name="head")(L.Flatten()(L.Conv2D(3, 1)(inp))))
+
+
+def _flatten_bn_dense():
+    L = keras().layers
+    inp = keras().Input((3, 4, 5))
+    x = L.BatchNormalization()(L.Flatten()(L.Conv2D(3, 1)(inp)))
+    return keras().Model(inp, L.Dense(4, name="head")(L.Dropout(0.2)(x)))
+
+
+def _pointwise_dense_and_grouped_conv():
+    L = keras().layers
+    inp = keras().Input((5, 6, 4))
+    x = L.Conv2D(8, 3, groups=4, padding="same", name="grouped")(inp)  # groups == C_in
+    return keras().Model(inp, L.Dense(3, name="pointwise")(x))  # Dense on a feature map
+
+
+def _nested():
+    L = keras().layers
+    stem = keras().Sequential([keras().Input((6, 6, 3)), L.Conv2D(4, 2, 2), L.LayerNormalization()], name="stem")
+    inp = keras().Input((6, 6, 3))
+    x = L.BatchNormalization()(stem(inp))
+    return keras().Model(inp, L.Dense(2)(L.GlobalAveragePooling2D()(L.Conv2D(4, 1)(x))))
+
+
+@pytest.mark.parametrize("make", [_flatten_dense, _flatten_bn_dense, _pointwise_dense_and_grouped_conv, _nested])
+@pytest.mark.parametrize("kind", ["object", "keras", "h5"])
+def test_converted_module_reloads_from_every_source(tmp_path, make, kind):
+    """load_keras_weights(from_keras(km), km) restores every weight, with from_keras' Flatten row
+    permutation, for a model object, a .keras file and a .weights.h5 file (nested models too)."""
+    model = make()
+    randomize_all(model, np.random.default_rng(1))
+    module = from_keras(model)
+    expected = snapshot(module)
+    x = images(np.random.default_rng(2), 2, *module_input_shape(model))
+    reference = run_torch(module, x)
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.uniform_(0.5, 1.5)
+    assert rel_error(run_torch(module, x), reference) > 1e-2  # the load has something to restore
+    load_keras_weights(module, _save(model, tmp_path, kind))
+    after = snapshot(module)
+    assert all(torch.equal(after[k], v) if isinstance(v, torch.Tensor) else after[k] == v for k, v in expected.items())
+    assert_rel_close(run_torch(module, x), keras_nchw(model, x), RTOL)
+
+
+def module_input_shape(model):
+    h, w, c = model.inputs[0].shape[1:]
+    return c, h, w
+
+
 # --------------------------------------------------------------------------- Xception (slow)
 
 
 @pytest.fixture(scope="module")
 def keras_xceptions():
-    """Keras Xception with BN statistics from a real batch: the 299×299 classifier (logits) and the
-    pooled feature extractor for any size, sharing their weights."""
+    """Keras Xception with BN statistics from a real batch: the classifier (logits) at its smallest
+    input, 71×71, and the pooled feature extractor for any size, sharing their weights."""
     apps = keras().applications
     features = apps.Xception(weights=None, include_top=False, pooling="avg", input_shape=(None, None, 3))
     rng = np.random.default_rng(7)
-    calibrate_bn(features, rng.uniform(-1, 1, size=(4, 101, 103, 3)).astype(np.float32))
-    classifier = apps.Xception(weights=None, classifier_activation=None)
+    calibrate_bn(features, rng.uniform(-1, 1, size=(4, 75, 77, 3)).astype(np.float32))
+    classifier = apps.Xception(weights=None, classifier_activation=None, input_shape=(71, 71, 3))
     weighted = [l for l in classifier.layers if l.weights]
     for source, target in zip([l for l in features.layers if l.weights], weighted):
         target.set_weights(source.get_weights())
@@ -394,30 +453,28 @@ def _check_xception(keras_model, module: nn.Module, x: np.ndarray) -> None:
 
 
 @pytest.mark.slow
-def test_xception_matches_keras_299(keras_xceptions):
-    models = pytest.importorskip("torchblocks.models")
+def test_xception_matches_keras_classifier(keras_xceptions):
     classifier = keras_xceptions[0]
-    module = models.xception()
+    module = tb.models.xception()
     result = load_keras_weights(module, classifier)
     assert len(result.loaded) == len([l for l in classifier.layers if l.weights]) == 81
     bns = [m.bn for m in module.modules() if isinstance(m, tb.BatchNorm)]
     assert len(bns) == 40 and all(bn.eps == pytest.approx(1e-3) and bn.momentum == pytest.approx(0.01) for bn in bns)
-    x = np.random.default_rng(8).uniform(-1, 1, size=(2, 3, 299, 299)).astype(np.float32)
+    x = np.random.default_rng(8).uniform(-1, 1, size=(2, 3, 71, 71)).astype(np.float32)
     _check_xception(classifier, module, x)
 
 
 @pytest.mark.slow
 def test_xception_odd_size_and_weights_h5(keras_xceptions, tmp_path):
-    """101×103 pooled features; the .weights.h5 file (no configs) loads the same tensors."""
-    models = pytest.importorskip("torchblocks.models")
+    """73×75 pooled features; the .weights.h5 file (no configs) loads the same tensors."""
     features = keras_xceptions[1]
-    module = models.xception(include_top=False, pooling="avg")
+    module = tb.models.xception(include_top=False, pooling="avg")
     load_keras_weights(module, features)
-    x = np.random.default_rng(9).uniform(-1, 1, size=(2, 3, 101, 103)).astype(np.float32)
+    x = np.random.default_rng(9).uniform(-1, 1, size=(2, 3, 73, 75)).astype(np.float32)
     _check_xception(features, module, x)
     path = str(tmp_path / "xception.weights.h5")
     features.save_weights(path)
-    from_file = models.xception(include_top=False, pooling="avg")
+    from_file = tb.models.xception(include_top=False, pooling="avg")
     load_keras_weights(from_file, path)
     expected = module.state_dict()
     for key, value in from_file.state_dict().items():

@@ -8,7 +8,7 @@ built, the model's data format and where a Flatten keeps torch's feature order.
 import keyword
 import operator
 import re
-from typing import Any, Dict, List, Mapping, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Set, Tuple
 
 import torch
 import torch.fx
@@ -47,10 +47,10 @@ class KerasModel(torch.fx.GraphModule):
 _RESERVED_NAMES = frozenset(dir(KerasModel)) | frozenset(vars(nn.Module())) | {"meta", "graph"}
 
 
-def _identifier(name: str, taken: Set[str]) -> str:
-    """A Keras name as a Python identifier that clashes with no module attribute nor taken name."""
+def _identifier(name: str, taken: Set[str], reserved: FrozenSet[str] = _RESERVED_NAMES) -> str:
+    """A Keras name as a Python identifier that clashes with no ``reserved`` nor taken name."""
     ident = re.sub(r"\W", "_", name)
-    if not ident or ident[0].isdigit() or ident in _RESERVED_NAMES or keyword.iskeyword(ident):
+    if not ident or ident[0].isdigit() or ident in reserved or keyword.iskeyword(ident):
         ident = "layer_" + ident
     base, i = ident, 1
     while ident in taken:
@@ -106,7 +106,8 @@ class _Builder:
                     f"images (N, H, W, C) (or (N, C, H, W) in a channels_first model) and vectors "
                     f"(N, F) are."
                 )
-            placeholder = self.graph.placeholder(_identifier(entry.name, self.taken))
+            # An argument of forward: only `self` and keywords are off limits.
+            placeholder = self.graph.placeholder(_identifier(entry.name, self.taken, frozenset({"self"})))
             placeholder.meta["keras_input"] = entry.name
             self.env[entry.tensor] = placeholder
 
