@@ -15,7 +15,6 @@ import torchblocks as tb
 from keras_oracle import (
     assert_rel_close,
     assert_unchanged,
-    calibrate_bn,
     images,
     keras,
     keras_nchw,
@@ -426,57 +425,27 @@ def module_input_shape(model):
     return c, h, w
 
 
-# --------------------------------------------------------------------------- Xception (slow)
+class _Rewritten(nn.Module):
+    """A converted model rewritten by hand (as readable source would be): the same submodules,
+    called from a plain forward."""
+
+    def __init__(self, converted: nn.Module) -> None:
+        super().__init__()
+        for name, child in converted.named_children():
+            setattr(self, name, child)
+        self.order = [str(n.target) for n in converted.graph.nodes if n.op == "call_module"]
+
+    def forward(self, x):
+        for name in self.order:
+            x = getattr(self, name)(x)
+        return x
 
 
-@pytest.fixture(scope="module")
-def keras_xceptions():
-    """Keras Xception with BN statistics from a real batch: the classifier (logits) at its smallest
-    input, 71×71, and the pooled feature extractor for any size, sharing their weights."""
-    apps = keras().applications
-    features = apps.Xception(weights=None, include_top=False, pooling="avg", input_shape=(None, None, 3))
-    rng = np.random.default_rng(7)
-    calibrate_bn(features, rng.uniform(-1, 1, size=(4, 75, 77, 3)).astype(np.float32))
-    classifier = apps.Xception(weights=None, classifier_activation=None, input_shape=(71, 71, 3))
-    weighted = [l for l in classifier.layers if l.weights]
-    for source, target in zip([l for l in features.layers if l.weights], weighted):
-        target.set_weights(source.get_weights())
-    random_weights(weighted[-1], rng)
-    return classifier, features
-
-
-def _check_xception(keras_model, module: nn.Module, x: np.ndarray) -> None:
-    expected = keras_nchw(keras_model, x, training=False)
-    # The oracle is sensitive: the two images' outputs differ by far more than the tolerance.
-    assert rel_error(expected[0], expected[1]) > 100 * XCEPTION_RTOL
-    assert_rel_close(run_torch(module.eval(), x), expected, XCEPTION_RTOL)
-
-
-@pytest.mark.slow
-def test_xception_matches_keras_classifier(keras_xceptions):
-    classifier = keras_xceptions[0]
-    module = tb.models.xception()
-    result = load_keras_weights(module, classifier)
-    assert len(result.loaded) == len([l for l in classifier.layers if l.weights]) == 81
-    bns = [m.bn for m in module.modules() if isinstance(m, tb.BatchNorm)]
-    assert len(bns) == 40 and all(bn.eps == pytest.approx(1e-3) and bn.momentum == pytest.approx(0.01) for bn in bns)
-    x = np.random.default_rng(8).uniform(-1, 1, size=(2, 3, 71, 71)).astype(np.float32)
-    _check_xception(classifier, module, x)
-
-
-@pytest.mark.slow
-def test_xception_odd_size_and_weights_h5(keras_xceptions, tmp_path):
-    """73×75 pooled features; the .weights.h5 file (no configs) loads the same tensors."""
-    features = keras_xceptions[1]
-    module = tb.models.xception(include_top=False, pooling="avg")
-    load_keras_weights(module, features)
-    x = np.random.default_rng(9).uniform(-1, 1, size=(2, 3, 73, 75)).astype(np.float32)
-    _check_xception(features, module, x)
-    path = str(tmp_path / "xception.weights.h5")
-    features.save_weights(path)
-    from_file = tb.models.xception(include_top=False, pooling="avg")
-    load_keras_weights(from_file, path)
-    expected = module.state_dict()
-    for key, value in from_file.state_dict().items():
-        if not key.endswith("num_batches_tracked"):
-            assert torch.equal(value, expected[key]), key
+def test_a_rewritten_converted_module_keeps_the_flatten_permutation(tmp_path):
+    model = _flatten_bn_dense()
+    randomize_all(model, np.random.default_rng(1))
+    rewritten = _Rewritten(from_keras(_flatten_bn_dense()))  # another model's weights
+    rewritten.eval()
+    load_keras_weights(rewritten, _save(model, tmp_path, "h5"))
+    x = images(np.random.default_rng(2), 2, *module_input_shape(model))
+    assert_rel_close(run_torch(rewritten, x), keras_nchw(model, x), RTOL)

@@ -65,3 +65,10 @@ def activation_types(name: str) -> Tuple[Type[nn.Module], ...]:
     except ValueError:
         pass
     return tuple(types)
+
+
+# The modules of the activations that act on each feature alone (or, like softmax, commute with any
+# reordering of the features): a Flatten's features may pass them before a Dense whose rows are permuted.
+FEATUREWISE_TYPES: Tuple[Type[nn.Module], ...] = tuple(
+    {type(factory(1)) for name, factory in _TABLE.items() if name != "glu"}
+)

@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...conv import Conv2d, DepthwiseConv2d, SeparableConv2d
 from ...norm import BatchNorm
+from .activations import FEATUREWISE_TYPES
 from .layers import Flatten, LayerNorm, LayerScale, Normalization
 from .plan import flatten_permutation
 from .sources import KerasRecord, read_source
@@ -74,66 +75,72 @@ def _torch_units(module: nn.Module) -> List[TorchUnit]:
     return units
 
 
-def _graphs(module: nn.Module) -> List[Tuple[str, torch.fx.Graph, nn.Module]]:
-    """(prefix, graph, owner) of every ``torch.fx.GraphModule`` in ``module``."""
-    return [
-        (name, sub.graph, sub) for name, sub in module.named_modules() if isinstance(sub, torch.fx.GraphModule)
-    ]
-
-
 def _keras_names(module: nn.Module) -> Dict[str, str]:
     """Torch submodule path -> the Keras layer it was converted from, as ``from_keras`` records it."""
     names: Dict[str, str] = {}
-    for prefix, graph, _ in _graphs(module):
+    graphs = [(name, sub.graph) for name, sub in module.named_modules() if isinstance(sub, torch.fx.GraphModule)]
+    for prefix, graph in graphs:
         for node in graph.nodes:
             if node.op == "call_module" and "keras_layer" in node.meta:
                 names[f"{prefix}.{node.target}" if prefix else str(node.target)] = str(node.meta["keras_layer"])
     return names
 
 
-_PASS_THROUGH = (nn.Dropout, nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Softmax, nn.Sigmoid, nn.Tanh)
+_PASS_THROUGH = (nn.Dropout, nn.Identity, nn.ReLU6, nn.Hardtanh) + FEATUREWISE_TYPES
+
+
+class _ChildrenTracer(torch.fx.Tracer):
+    """Traces one module's own forward: every submodule it calls stays a call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _owner_graph(owner: nn.Module, flatten: str) -> torch.fx.Graph:
+    if isinstance(owner, torch.fx.GraphModule):
+        return owner.graph
+    try:
+        return _ChildrenTracer().trace(owner)
+    except Exception as exc:  # tracing runs the module's own Python code
+        raise ValueError(
+            f"load_keras_weights: Flatten {flatten!r} kept torch's feature order, so the Dense/BatchNorm "
+            f"layers reading it need their rows permuted, but the forward of the module holding it "
+            f"({type(owner).__name__}) cannot be traced to find them: {exc}"
+        ) from exc
 
 
 def _flatten_permutations(module: nn.Module) -> Dict[str, np.ndarray]:
     """Torch path -> row permutation of each Dense/BN fed by a ``Flatten`` that kept torch's order
-    (``permuted_for``), found in the converted module's graph as ``from_keras`` planned it."""
-    flattens = [name for name, sub in module.named_modules() if isinstance(sub, Flatten) and sub.permuted_for]
-    if not flattens:
-        return {}
-    graphs = _graphs(module)
-    if not graphs:
-        try:
-            graphs = [("", torch.fx.symbolic_trace(module).graph, module)]
-        except Exception as exc:  # tracing runs the module's own Python code
-            raise ValueError(
-                f"load_keras_weights: the module has Flatten layers {flattens} whose Dense layers' rows "
-                f"are permuted, but its graph cannot be traced to find those layers ({exc})."
-            ) from exc
+    (``permuted_for``), found in the graph of the module holding it, as ``from_keras`` planned it."""
+    owners: Dict[str, List[str]] = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, Flatten) and sub.permuted_for:
+            parent, _, child = name.rpartition(".")
+            owners.setdefault(parent, []).append(child)
     found: Dict[str, np.ndarray] = {}
-    for prefix, graph, owner in graphs:
+    for prefix, children in owners.items():
+        owner = module.get_submodule(prefix) if prefix else module
+        graph = _owner_graph(owner, children[0])
         for node in graph.nodes:
-            if node.op != "call_module":
+            if node.op != "call_module" or node.target not in children:
                 continue
-            flatten = owner.get_submodule(str(node.target))
-            if not isinstance(flatten, Flatten) or not flatten.permuted_for:
-                continue
-            index = flatten_permutation(flatten.permuted_for)
+            index = flatten_permutation(owner.get_submodule(str(node.target)).permuted_for)
             stack = list(node.users)
             while stack:
                 user = stack.pop()
                 target = owner.get_submodule(str(user.target)) if user.op == "call_module" else None
                 path = f"{prefix}.{user.target}" if prefix else str(user.target)
-                if isinstance(target, nn.Linear):
+                if isinstance(target, (nn.Linear, BatchNorm, _BatchNorm)):
                     found[path] = index
-                elif isinstance(target, (BatchNorm, _BatchNorm)):
-                    found[path] = index
-                    stack.extend(user.users)
-                elif isinstance(target, _PASS_THROUGH) or (target is not None and not _has_state(target)):
+                    if not isinstance(target, nn.Linear):
+                        stack.extend(user.users)
+                elif isinstance(target, _PASS_THROUGH):
                     stack.extend(user.users)
                 else:
                     raise ValueError(
-                        f"load_keras_weights: the features of Flatten {node.target!r} reach {user.format_node()}, "
-                        f"not only Dense/BatchNormalization layers; cannot tell which rows to permute."
+                        f"load_keras_weights: the features of Flatten {node.target!r} reach "
+                        f"{user.format_node()}, not only Dense/BatchNormalization layers; cannot tell "
+                        f"which rows to permute."
                     )
     return found
 
