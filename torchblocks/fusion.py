@@ -22,9 +22,10 @@ __all__ = ["conv_bn_pairs", "fuse_bn"]
 
 def _bn_stats(module: nn.Module) -> Optional[_BatchNorm]:
     """The torch BatchNorm to fold, or None where it cannot be folded into a preceding conv."""
+    # tb.BatchNorm and tb.SyncBatchNorm normalise the last dim when axis=-1: nothing to fold.
+    if getattr(module, "axis", 1) != 1:
+        return None
     if isinstance(module, BatchNorm):
-        if module.axis != 1:
-            return None
         module = module.bn
     if not isinstance(module, _BatchNorm) or module.running_mean is None or module.running_var is None:
         return None

@@ -19,6 +19,7 @@ from .converters import CONVERTERS, OPS_PREFIX, Converter, LayerCall, unsupporte
 from .converters.registry import freeze_if_untrainable
 from .graph import GraphNode, KerasGraph, TensorArg, keras_graph
 from .plan import check_layer, flatten_plan, model_data_format
+from .verify import checked
 
 __all__ = ["KerasModel", "from_keras"]
 
@@ -182,7 +183,7 @@ def _convert(keras: Any, model: Any, channels_first: bool) -> Tuple[KerasModel, 
     return builder.finish(), source
 
 
-def from_keras(keras_model: Any) -> KerasModel:
+def from_keras(keras_model: Any, verify: Any = None) -> KerasModel:
     """Convert a Keras Sequential or Functional model into a torch module, weights included.
 
     The result reproduces the Keras model exactly and trains like it: it comes back in **eval
@@ -208,6 +209,10 @@ def from_keras(keras_model: Any) -> KerasModel:
     behaviour a module cannot carry), mixed data formats, other dtypes than float32 (Keras itself
     normalises float64 batches in float32).
 
+    With ``verify=inputs`` (in the converted module's layout, as ``verify`` takes them) the result
+    is checked layer by layer first; a conversion that is not exact raises ``VerificationError``
+    (a ``ValueError``) whose message is the per-layer table, naming the first divergent layer.
+
     Returns:
         A ``KerasModel`` (a ``torch.fx.GraphModule``) with one submodule per Keras layer, named after
         it and registered in ``model.layers`` order; each ``call_module`` node records its Keras
@@ -221,4 +226,4 @@ def from_keras(keras_model: Any) -> KerasModel:
             f"Functional). Received an object of type {type(keras_model).__name__}."
         )
     module, _ = _convert(keras, keras_model, model_data_format(keras, keras_model) == "channels_first")
-    return module.eval()
+    return checked(keras_model, module.eval(), verify)
