@@ -348,6 +348,12 @@ def _mixed_precision():
     return keras().Sequential([keras().Input((4,)), L.Dense(2, dtype="mixed_float16", name="half")])
 
 
+def _float64_batch_norm():
+    L = keras().layers
+    inp = keras().Input((4,), dtype="float64")
+    return keras().Model(inp, L.BatchNormalization(dtype="float64", name="bn64")(L.Dense(3, dtype="float64")(inp)))
+
+
 def _bicubic():
     L = keras().layers
     return keras().Sequential([keras().Input((4, 4, 2)), L.UpSampling2D(2, interpolation="bicubic", name="up")])
@@ -359,7 +365,8 @@ REFUSALS = [
     (_bn_on_width, r"layer 'bn' of class BatchNormalization: axis=-1 is not the channel axis .* channels_first"),
     (_sequence_input, r"input 'tokens' of shape \(None, 5, 4\) is not supported: only images"),
     (_forced_dropout, r"layer 'mc' of class Dropout: called with training=True"),
-    (_mixed_precision, r"layer 'half' of class Dense: compute_dtype='float16' is not supported"),
+    (_mixed_precision, r"layer 'half' of class Dense: compute_dtype='float16' in a float32 model is not supported"),
+    (_float64_batch_norm, r"layer 'bn64' of class BatchNormalization: Keras computes this layer in float32 even"),
     (_bicubic, r"layer 'up' of class UpSampling2D: interpolation='bicubic' is not supported"),
 ]
 

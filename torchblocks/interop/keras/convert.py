@@ -18,7 +18,7 @@ from .backend import import_keras
 from .converters import CONVERTERS, OPS_PREFIX, Converter, LayerCall, unsupported
 from .converters.registry import freeze_if_untrainable
 from .graph import GraphNode, KerasGraph, TensorArg, keras_graph
-from .plan import check_layer, flatten_plan, model_data_format
+from .plan import check_layer, flatten_plan, model_data_format, model_dtype
 from .verify import checked
 
 __all__ = ["KerasModel", "from_keras"]
@@ -206,8 +206,9 @@ def from_keras(keras_model: Any, verify: Any = None) -> KerasModel:
 
     Anything that cannot be reproduced exactly is refused with a ``ValueError`` naming the layer and
     why: Lambda and custom layers, subclassed models, regularizers and constraints (a training
-    behaviour a module cannot carry), mixed data formats, other dtypes than float32 (Keras itself
-    normalises float64 batches in float32).
+    behaviour a module cannot carry), mixed data formats, mixed precision. A float64 model converts
+    to a float64 module (without BatchNormalization and LayerNormalization, which Keras computes in
+    float32 even there).
 
     With ``verify=inputs`` (in the converted module's layout, as ``verify`` takes them) the result
     is checked layer by layer first; a conversion that is not exact raises ``VerificationError``
@@ -225,5 +226,12 @@ def from_keras(keras_model: Any, verify: Any = None) -> KerasModel:
             f"Invalid type for argument `keras_model`. Expected a keras.Model (Sequential or "
             f"Functional). Received an object of type {type(keras_model).__name__}."
         )
-    module, _ = _convert(keras, keras_model, model_data_format(keras, keras_model) == "channels_first")
+    channels_first = model_data_format(keras, keras_model) == "channels_first"
+    # Modules are built in the model's dtype, so float64 weights load without a float32 detour.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(model_dtype(keras, keras_model))
+    try:
+        module, _ = _convert(keras, keras_model, channels_first)
+    finally:
+        torch.set_default_dtype(previous)
     return checked(keras_model, module.eval(), verify)

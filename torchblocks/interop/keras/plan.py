@@ -11,6 +11,7 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import torch
 
 from .converters.reshaping import flatten_reorders
 from .graph import GraphNode, KerasGraph
@@ -47,6 +48,25 @@ def model_data_format(keras: Any, model: Any) -> str:
     return next(iter(found), "channels_last")
 
 
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _all_layers(keras: Any, model: Any) -> List[Any]:
+    found: List[Any] = []
+    for layer in getattr(model, "layers", []):
+        found.extend(_all_layers(keras, layer) if isinstance(layer, keras.Model) else [layer])
+    return found
+
+
+def model_dtype(keras: Any, model: Any) -> torch.dtype:
+    """The one floating dtype of the model's layers (float32 or float64); others are refused."""
+    layers = [layer for layer in _all_layers(keras, model) if not isinstance(layer, keras.layers.InputLayer)]
+    name = str(getattr(layers[0], "variable_dtype", "float32")) if layers else "float32"
+    if name not in _DTYPES:
+        raise _refuse(layers[0], f"dtype {name!r} is not supported (only float32 and float64 models are converted)")
+    return _DTYPES[name]
+
+
 def _refuse(layer: Any, why: str) -> ValueError:
     return ValueError(f"from_keras: layer {layer.name!r} of class {type(layer).__name__}: {why}.")
 
@@ -64,12 +84,13 @@ def check_layer(keras: Any, layer: Any, node: GraphNode) -> None:
             )
     if not isinstance(layer, keras.layers.Layer):
         return
+    expected = str(torch.get_default_dtype()).replace("torch.", "")  # the model's, while converting
     for attribute in ("compute_dtype", "variable_dtype"):
-        dtype = str(getattr(layer, attribute, "float32"))
-        if dtype != "float32":
+        dtype = str(getattr(layer, attribute, expected))
+        if dtype != expected:
             raise _refuse(
-                layer, f"{attribute}={dtype!r} is not supported: only float32 layers are converted (Keras "
-                f"itself normalises float64 batches in float32; no mixed precision)"
+                layer, f"{attribute}={dtype!r} in a {expected} model is not supported (a model converts in "
+                f"one dtype, float32 or float64: no mixed precision)"
             )
     config = layer.get_config()
     for key, value in config.items():

@@ -17,13 +17,17 @@ def _dense(call: LayerCall) -> nn.Module:
     pointwise = call.moves_channels(call.rank)
     cls = PointwiseDense if pointwise else Dense
     module = cls(kernel.shape[0], kernel.shape[1], bias=call.config["use_bias"],
-                 activation=config_activation(call, -1))
+                 activation=config_activation(call, call.rank - 1))
     return load_into(module, record, call.permutation)
 
 
 @converts("Activation")
 def _activation(call: LayerCall) -> nn.Module:
-    return config_activation(call, call.torch_dim(-1)) or nn.Identity()
+    # Always a module: its softmax acts on Keras' last axis, wherever that is in torch.
+    name = call.config.get("activation")
+    if not isinstance(name, str):
+        raise unsupported(call, f"activation {name!r} is not a built-in Keras activation")
+    return activation_or_refuse(call, name, call.torch_dim(-1))
 
 
 @converts("ReLU")

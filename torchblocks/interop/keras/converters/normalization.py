@@ -3,11 +3,20 @@ Rescaling."""
 from typing import List
 
 import numpy as np
+import torch
 from torch import nn
 
 from ....norm import BatchNorm
 from ..layers import FrozenBatchNorm, LayerNorm, Normalization, Rescaling
 from .registry import LayerCall, check_rank, converts, load_into, unsupported
+
+
+def _float32_only(call: LayerCall) -> None:
+    if torch.get_default_dtype() != torch.float32:
+        raise unsupported(
+            call, "Keras computes this layer in float32 even in a float64 model (its dtype promotion), "
+            "which a float64 module would not reproduce; convert the float32 model"
+        )
 
 
 def _axes(call: LayerCall, key: str = "axis") -> List[int]:
@@ -18,6 +27,7 @@ def _axes(call: LayerCall, key: str = "axis") -> List[int]:
 @converts("BatchNormalization")
 def _batch_norm(call: LayerCall) -> nn.Module:
     check_rank(call, (2, 3, 4))
+    _float32_only(call)
     config, rank = call.config, call.rank
     axes = _axes(call)
     if len(axes) != 1:
@@ -51,6 +61,7 @@ def _batch_norm(call: LayerCall) -> nn.Module:
 @converts("LayerNormalization")
 def _layer_norm(call: LayerCall) -> nn.Module:
     config, rank = call.config, call.rank
+    _float32_only(call)
     if config.get("rms_scaling"):
         raise unsupported(
             call, "rms_scaling=True (deprecated in Keras: it scales by the variance) is not supported; "

@@ -1,5 +1,6 @@
 """Keras activation operations called in a functional model (``keras.ops.relu(x)``,
-``keras.ops.gelu(x, approximate=True)``, ``keras.ops.softmax(x, axis=1)``, ...)."""
+``keras.ops.gelu(x, approximate=True)``, ``keras.ops.softmax(x, axis=1)``, ``keras.ops.swish``
+(an ``Silu`` operation), ...)."""
 from torch import nn
 
 from .core import activation_or_refuse
@@ -7,10 +8,9 @@ from .registry import OPS_PREFIX, LayerCall, converts, unsupported
 
 # Keras operation class -> Keras activation name (the same torch function on Keras' torch backend).
 _PLAIN = {
-    "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Silu": "silu", "Swish": "silu",
-    "HardSigmoid": "hard_sigmoid", "HardSilu": "hard_silu", "HardSwish": "hard_silu", "Tanh": "tanh",
-    "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign", "LogSigmoid": "log_sigmoid",
-    "Mish": "mish", "TanhShrink": "tanh_shrink", "Exp": "exponential",
+    "Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Silu": "silu", "HardSigmoid": "hard_sigmoid",
+    "HardSilu": "hard_silu", "Tanh": "tanh", "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign",
+    "LogSigmoid": "log_sigmoid", "TanhShrink": "tanh_shrink", "Exp": "exponential",
 }
 
 

@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from torch import nn
 
+from ....activations import ACTIVATION_NAMES as TORCHBLOCKS_ACTIVATIONS
+from ....activations import ActivationArg
 from ..activations import ACTIVATION_NAMES, activation_module
 from ..graph import GraphNode, Shape
 from ..sources import KerasRecord, record_from_layer
@@ -135,9 +137,10 @@ def load_into(module: nn.Module, record: KerasRecord, permutation: Optional[np.n
     return module
 
 
-def config_activation(call: LayerCall, dim: int) -> Optional[nn.Module]:
-    """The module of the layer's own ``activation`` (None for none/linear); ``dim`` is the torch
-    dim that Keras' last axis becomes inside the module (for softmax, log_softmax, glu)."""
+def config_activation(call: LayerCall, dim: int) -> ActivationArg:
+    """The layer's own ``activation`` as a torchblocks layer takes it: None for none/linear, the
+    Keras name where torchblocks applies it exactly (a softmax over dim 1), else a module. ``dim``
+    is the torch dim that Keras' last axis becomes inside the layer (for softmax, log_softmax, glu)."""
     name = call.config.get("activation")
     if name is None or name == "linear":
         return None
@@ -148,6 +151,8 @@ def config_activation(call: LayerCall, dim: int) -> Optional[nn.Module]:
         raise unsupported(
             call, f"activation {name!r} has no exact torch form; supported: {', '.join(ACTIVATION_NAMES)}"
         )
+    if name in TORCHBLOCKS_ACTIVATIONS and (name not in ("softmax", "log_softmax") or dim == 1):
+        return name
     return module
 
 

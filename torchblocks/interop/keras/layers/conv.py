@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import Final
 
-from ....activations import ActivationArg, get_activation, is_identity
+from ....activations import ActivationArg, KerasActivation, apply_activation
 
 
 def _transpose_crops(size_k: int, stride: int, dilation: int, padding: str, output_padding: int) -> Tuple[int, int]:
@@ -26,7 +26,7 @@ def _transpose_crops(size_k: int, stride: int, dilation: int, padding: str, outp
     return k - 1 - left, k - 1 - right
 
 
-class Conv2dTranspose(nn.ConvTranspose2d):
+class Conv2dTranspose(KerasActivation, nn.ConvTranspose2d):
     """Transposed convolution with Keras' 'valid'/'same' output sizes and pixel alignment.
     Keras: ``Conv2DTranspose``.
 
@@ -36,7 +36,9 @@ class Conv2dTranspose(nn.ConvTranspose2d):
     ``nn.ConvTranspose2d``; otherwise the full result is cropped (or zero-extended) per call.
     """
 
+    activation: Final[str]
     has_activation: Final[bool]
+    module_activation: Final[bool]
     crops: Final[List[int]]
     static: Final[bool]
     padding_spec: Final[str]
@@ -68,8 +70,7 @@ class Conv2dTranspose(nn.ConvTranspose2d):
         self.static, self.padding_spec = static, padding
         self.keras_output_padding = [int(p) for p in output_padding]
         self.crops = [c for pair in crops for c in pair]
-        self.act = get_activation(activation)
-        self.has_activation = not is_identity(self.act)
+        self._init_activation(activation)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) -> (N, C_out, H', W')."""
@@ -83,13 +84,15 @@ class Conv2dTranspose(nn.ConvTranspose2d):
             out = F.pad(out, [-left, -right, -top, -bottom])
             if self.bias is not None:
                 out = out + self.bias.view(1, -1, 1, 1)
-        if self.has_activation:
+        if self.module_activation:
             out = self.act(out)
+        elif self.has_activation:
+            out = apply_activation(out, self.activation)
         return out
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding_spec!r}, output_padding={tuple(self.keras_output_padding)}, "
-            f"dilation={self.dilation}, bias={self.bias is not None}"
+            f"dilation={self.dilation}, bias={self.bias is not None}" + self._activation_repr()
         )

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import Final
 
-from ....linear import Dense
+from ....activations import apply_activation
+from ....linear import Dense, _check_features
 from ....norm import BatchNorm
 
 
@@ -29,8 +30,8 @@ class Rescaling(nn.Module):
         self.dim, self.rank = int(dim), int(rank)
         shape = _channel_view(self.dim, self.rank)
         # Constants of the layer's config: not state, so not in the state dict.
-        self.register_buffer("scale", torch.tensor(list(scale), dtype=torch.float32).view(shape), persistent=False)
-        self.register_buffer("offset", torch.tensor(list(offset), dtype=torch.float32).view(shape), persistent=False)
+        self.register_buffer("scale", torch.tensor([float(v) for v in scale]).view(shape), persistent=False)
+        self.register_buffer("offset", torch.tensor([float(v) for v in offset]).view(shape), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Element-wise; the shape of ``x``."""
@@ -158,15 +159,15 @@ class PointwiseDense(Dense):
     Keras does (a matrix product over the channels-last map), not as a 1×1 convolution."""
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, in_features, H, W) -> (N, out_features, H, W)."""
-        if x.dim() < 2 or x.shape[1] != self.in_features:
-            raise ValueError(
-                f"{self.layer_name} expects inputs whose dim 1 is in_features={self.in_features}; "
-                f"received shape {x.shape}."
-            )
-        x = F.linear(x.movedim(1, -1), self.weight, self.bias)
-        if self.has_activation:
+        """(N, in_features, H, W) -> (N, out_features, H, W); the activation acts on the
+        channels-last view (a softmax over the channels is given as a module with dim=-1)."""
+        x = x.movedim(1, -1)
+        _check_features(x, self.in_features, self.layer_name)
+        x = F.linear(x, self.weight, self.bias)
+        if self.module_activation:
             x = self.act(x)
+        elif self.has_activation:
+            x = apply_activation(x, self.activation)
         return x.movedim(-1, 1)
 
 
