@@ -3,6 +3,8 @@
 Keras 3 on the torch backend is the oracle, at 1e-5 relative, after checking that the comparison
 could fail.
 """
+import keyword
+
 import numpy as np
 import pytest
 import torch
@@ -218,6 +220,41 @@ def test_converted_module_registers_layers_in_keras_order():
     module = from_keras(model)
     names = [name for name, _ in module.named_children()]
     assert names == [l.name for l in model.layers if not isinstance(l, keras().layers.InputLayer)]
+
+
+def _keyword_named_model():
+    """Layers and an input named with Python keywords, and layers named like GraphModule attributes."""
+    L = keras().layers
+    inp = keras().Input((5, 4, 3), name="lambda")
+    x = L.Conv2D(4, 3, padding="same", name="class")(inp)
+    x = L.BatchNormalization(name="def")(x)
+    x = L.ReLU(name="forward")(x)
+    x = L.GlobalAveragePooling2D(name="graph")(x)
+    return keras().Model(inp, L.Dense(2, name="import")(x))
+
+
+@pytest.mark.filterwarnings("ignore:The TorchScript type system doesn't support instance-level")
+def test_python_keywords_as_keras_names(rng, tmp_path):
+    """Submodules and the forward's argument get valid Python names; the Keras names stay in the
+    nodes' meta, the model converts exactly, scripts, and writes as source."""
+    model = _keyword_named_model()
+    randomize(model, rng)
+    calibrate_bn(model, nchw_to_nhwc(images(rng, 8, 3, 5, 4)))
+    module = _check_conversion(model, images(rng, 3, 3, 5, 4))
+    names = [name for name, _ in module.named_children()]
+    assert all(name.isidentifier() and not keyword.iskeyword(name) for name in names)
+    assert len(set(names) & {"forward", "graph"}) == 0 and len(names) == 5
+    calls = module.graph.find_nodes(op="call_module")
+    assert [n.meta["keras_layer"] for n in calls] == ["class", "def", "forward", "graph", "import"]
+    (placeholder,) = module.graph.find_nodes(op="placeholder")
+    assert placeholder.target.isidentifier() and not keyword.iskeyword(placeholder.target)
+    x = torch.from_numpy(images(rng, 2, 3, 5, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(module({"lambda": x}), module(x), rtol=0, atol=0)
+    check_scripted(module, (x,))
+    files = tb.interop.keras.to_source(model, str(tmp_path / "keywords.py"))
+    with open(files.module_path, encoding="utf-8") as f:
+        compile(f.read(), files.module_path, "exec")
 
 
 # --------------------------------------------------------------------------- what comes back
