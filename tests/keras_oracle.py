@@ -254,3 +254,142 @@ def images(rng: np.random.Generator, *shape: int) -> np.ndarray:
     reduce pure noise images to nearly the same features, leaving the oracle insensitive."""
     offsets = rng.normal(0.0, 1.0, size=shape[:2] + (1,) * (len(shape) - 2))
     return (rng.normal(0.0, 1.0, size=shape) + offsets).astype(np.float32)
+
+
+def randomize_all(model, rng: np.random.Generator) -> None:
+    """Random, non-trivial values for every float weight of a Keras model, nested models included:
+    He-normal kernels by fan-in (depthwise and grouped kernels by their own fan-in), BatchNorm and
+    LayerNorm scales (gamma) and shifts (beta), moving and Normalization variances in U(0.5, 1.5),
+    everything else (biases, means, ConvNeXt's layer scales) N(0, 0.1).
+
+    Positive shifts keep most ReLUs active, as in trained networks: with zero-mean shifts a deep
+    random ReLU network with BatchNorm is chaotic (a 1e-6 change of its input moves ResNet50's
+    logits by 3e-4), so no float32 port could match it to 1e-5.
+    """
+    layers = keras().layers
+    for layer in model.layers:
+        if isinstance(layer, keras().Model):
+            randomize_all(layer, rng)
+            continue
+        for w in layer.weights:
+            shape = tuple(w.shape)
+            if "float" not in str(w.dtype):
+                continue  # e.g. Normalization's sample count
+            if w.name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+                if w.name == "depthwise_kernel" or isinstance(layer, layers.DepthwiseConv2D):
+                    fan_in = shape[0] * shape[1]
+                elif isinstance(layer, layers.Conv2DTranspose):
+                    fan_in = shape[0] * shape[1] * shape[3]
+                else:
+                    fan_in = int(np.prod(shape[:-1]))
+                value = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
+            elif w.name in ("gamma", "beta", "moving_variance", "variance"):
+                value = rng.uniform(0.5, 1.5, size=shape)
+            else:
+                value = rng.normal(0.0, 0.1, size=shape)
+            w.assign(value.astype(np.float32))
+
+
+def batch_norms(model) -> list:
+    """Every BatchNormalization layer of a Keras model, nested models included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras().Model):
+            found.extend(batch_norms(layer))
+        elif isinstance(layer, keras().layers.BatchNormalization):
+            found.append(layer)
+    return found
+
+
+def calibrate_all_bn(model, x: np.ndarray) -> None:
+    """``calibrate_bn`` for every BatchNormalization, nested models included (``x`` in the model's
+    own layout)."""
+    bns = batch_norms(model)
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    with torch.no_grad():
+        model(x, training=True)
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+
+
+# Every image classifier of keras.applications with its smallest valid input size; NASNetMobile is
+# absent: Keras 3.15 refuses to build it on the torch backend ("an outstanding bug").
+APPLICATIONS = {
+    **{name: 32 for name in ("VGG16", "VGG19", "ResNet50", "ResNet101", "ResNet152", "ResNet50V2",
+                             "ResNet101V2", "ResNet152V2", "MobileNet", "MobileNetV2", "MobileNetV3Small",
+                             "MobileNetV3Large", "DenseNet121", "DenseNet169", "DenseNet201", "NASNetLarge")},
+    "InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71,
+    **{f"EfficientNetB{i}": 32 for i in range(8)},
+    **{f"EfficientNetV2{s}": 32 for s in ("B0", "B1", "B2", "B3", "S", "M", "L")},
+    **{f"ConvNeXt{s}": 32 for s in ("Tiny", "Small", "Base", "Large", "XLarge")},
+}
+# The top of a Keras application: its classifier (as logits), or the features pooled by avg or max.
+APPLICATION_VARIANTS = {
+    "top": dict(include_top=True, classifier_activation=None),
+    "avg": dict(include_top=False, pooling="avg"),
+    "max": dict(include_top=False, pooling="max"),
+}
+
+
+def _dropouts(model) -> list:
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras().Model):
+            found.extend(_dropouts(layer))
+        elif hasattr(layer, "rate") and isinstance(layer, keras().layers.Layer):
+            found.append(layer)
+    return found
+
+
+def calibrated_outputs(model, inputs):
+    """``calibrate_all_bn(model, inputs)``, returning Keras' inference output on ``inputs`` (Keras'
+    own layout, in and out) from that same pass: with the dropout rates at 0 during it, a
+    training-mode pass whose BatchNorm statistics become the moving ones computes exactly what
+    inference then computes."""
+    dropouts = _dropouts(model)
+    rates = [layer.rate for layer in dropouts]
+    for layer in dropouts:
+        layer.rate = 0.0
+    bns = batch_norms(model)
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    try:
+        with torch.no_grad():
+            out = model(inputs, training=True)
+    finally:
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+    return [to_numpy(o) for o in out] if isinstance(out, (list, tuple)) else to_numpy(out)
+
+
+def noise_floor(model, x: np.ndarray, rng: np.random.Generator) -> float:
+    """How far Keras' own float32 output moves (relative) when its input moves by one ulp: the
+    rounding noise of the oracle itself, which grows with a model's depth."""
+    nudged = (x * (1 + np.float32(2.0 ** -23) * rng.choice([-1.0, 1.0], size=x.shape))).astype(np.float32)
+    return rel_error(keras_nchw(model, nudged), keras_nchw(model, x))
+
+
+def application_case(name: str, variant: str, rng: np.random.Generator, size: int = 0, batch: int = 32):
+    """A keras.applications model (weights=None) with every weight random and non-trivial
+    (``randomize_all``), BatchNorm statistics from a real batch of ``batch`` images, that batch
+    (NCHW) and Keras' output on it: (model, x, expected).
+
+    Images are ``images()`` (unit noise with a random offset per sample and channel), as the
+    applications' ``preprocess_input`` makes them, or 100 + 50·``images()``, raw pixels, for the
+    models that preprocess themselves (a Rescaling or Normalization first).
+    """
+    size = size or APPLICATIONS[name]
+    model = getattr(keras().applications, name)(
+        weights=None, input_shape=(size, size, 3), **APPLICATION_VARIANTS[variant]
+    )
+    randomize_all(model, rng)
+    x = images(rng, batch, 3, size, size)
+    if type(model.layers[1]).__name__ in ("Rescaling", "Normalization"):
+        x = x * 50.0 + 100.0
+    expected = calibrated_outputs(model, nchw_to_nhwc(x))
+    return model, x, nhwc_to_nchw(expected) if expected.ndim == 4 else expected

@@ -269,12 +269,7 @@ def _mobilenet_from_keras() -> nn.Module:
 
     keras_model = keras.applications.MobileNet(weights=None, input_shape=(224, 224, 3),
                                                classifier_activation=None)
-    try:
-        return tb.interop.keras.from_keras(keras_model)
-    except ValueError as error:
-        if "Reshape" in str(error):
-            pytest.skip("from_keras does not convert Keras' Reshape layer yet")
-        raise
+    return tb.interop.keras.from_keras(keras_model)
 
 
 @pytest.mark.slow

@@ -58,15 +58,84 @@ def _every_layer_model():
     return keras().Model([image, vector], [logits, features], name="every_layer")
 
 
+def _applications_layer_model():
+    """The layers Keras Applications (and users' models) add to the book's: preprocessing,
+    transposed convolutions, merges, reshaping, layer normalization, ConvNeXt's LayerScale and
+    StochasticDepth, Inception-ResNet's CustomScaleLayer, a frozen BatchNormalization."""
+    from keras.src.applications import convnext, inception_resnet_v2
+
+    L = keras().layers
+    image = keras().Input((6, 5, 3), name="image")
+    x = L.Rescaling(1.0 / 255, offset=-0.5)(image)
+    x = L.Normalization(mean=[0.1, 0.2, 0.3], variance=[2.0, 0.5, 1.5])(x)
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu")(x)  # 12 × 10
+    x = L.SpatialDropout2D(0.2)(L.Cropping2D(((1, 1), (2, 0)))(x))  # 10 × 8
+    frozen = L.BatchNormalization(name="frozen")
+    frozen.trainable = False
+    y = convnext.LayerScale(0.5, 4)(L.LayerNormalization(epsilon=1e-6)(frozen(x)))
+    y = convnext.StochasticDepth(0.1)(y)
+    x = inception_resnet_v2.CustomScaleLayer(0.2)([x, y])
+    x = L.Concatenate()([
+        L.Subtract()([x, y]), L.Multiply()([x, y]), L.Average()([x, y]), L.Maximum()([x, y]), L.Minimum()([x, y]),
+    ])
+    x = L.UpSampling2D(2, interpolation="bilinear")(L.Permute((2, 1, 3))(x))  # 16 × 20, 20 channels
+    x = L.Reshape((2, 10, 20))(L.MaxPooling2D(4)(x))
+    x = L.Reshape((4, 5))(L.GlobalMaxPooling2D(keepdims=True)(x))  # a sequence
+    x = L.Softmax(axis=1)(L.Permute((2, 1))(x))
+    x = L.LeakyReLU(0.3)(L.ELU(0.5)(L.Identity()(L.Flatten()(x))))
+    return keras().Model(image, L.Dense(3)(x), name="applications_layers")
+
+
+def _operations_model():
+    """Every Keras activation as an Activation layer and every keras.ops operation from_keras
+    converts, on a vector."""
+    L, o = keras().layers, keras().ops
+    v = keras().Input((6,), name="v")
+    names = [name for name in kinterop.activations.ACTIVATION_NAMES if name != "glu"]
+    activations = [L.Activation(name)(v) for name in names]
+    operations = [
+        o.relu(v), o.relu6(v), o.sigmoid(v), o.silu(v), o.hard_sigmoid(v), o.hard_silu(v), o.tanh(v), o.selu(v),
+        o.softplus(v), o.softsign(v), o.log_sigmoid(v), o.tanh_shrink(v), o.exp(v), o.gelu(v, approximate=True),
+        o.leaky_relu(v, 0.1), o.elu(v, 0.5), o.celu(v), o.softmax(v), o.log_softmax(v),
+        o.add(v, 1.0), 2.0 - v, v * 0.5, o.divide(v, 4.0), v / 3.0, o.maximum(v, o.minimum(v, 0.5 - v)),
+    ]
+    x = L.Concatenate()(activations + operations)
+    # Keras' symbolic shape of glu's output is its input's: glu is an output of its own.
+    return keras().Model(v, [L.Dense(2)(x), L.Activation("glu")(v)], name="operations")
+
+
+def _dict_model():
+    """Dict inputs and outputs (in an order that is not sorted) and a nested model with two outputs."""
+    L = keras().layers
+    a, b = keras().Input((4,), name="a"), keras().Input((3,), name="b")
+    inner_input = keras().Input((4,))
+    inner = keras().Model(inner_input, [L.Dense(2)(inner_input), L.Dense(3)(inner_input)], name="inner")
+    p, q = inner(a)
+    return keras().Model({"b": b, "a": a}, {"z": L.add([q, b]), "y": p}, name="dict_outputs")
+
+
 def _inputs(rng, model, batch: int = 2):
-    """Inputs in the torch layout (NCHW images, (N, F) vectors) for every model input."""
-    shapes = [(batch,) + ((s[3], s[1], s[2]) if len(s) == 4 else tuple(s[1:])) for s in (t.shape for t in model.inputs)]
-    return tuple(torch.from_numpy(images(rng, *shape)) for shape in shapes)
+    """Inputs in the torch layout (NCHW images, (N, F) vectors): one per model input, keyed as
+    a dict input's keys."""
+
+    def one(tensor):
+        s = tensor.shape
+        shape = (batch,) + ((s[3], s[1], s[2]) if len(s) == 4 else tuple(s[1:]))
+        return torch.from_numpy(images(rng, *shape))
+
+    structure = getattr(model, "input", None)  # a Sequential model has none until called
+    if isinstance(structure, dict):
+        return {key: one(tensor) for key, tensor in structure.items()}
+    return tuple(one(tensor) for tensor in model.inputs)
 
 
 def _keras_inputs(xs):
-    arrays = [nchw_to_nhwc(x.numpy()) if x.dim() == 4 else x.numpy() for x in xs]
-    return arrays if len(arrays) > 1 else arrays[0]
+    def one(x):
+        return nchw_to_nhwc(x.numpy()) if x.dim() == 4 else x.numpy()
+
+    if isinstance(xs, dict):
+        return {key: one(x) for key, x in xs.items()}
+    return [one(x) for x in xs] if len(xs) > 1 else one(xs[0])
 
 
 # (model factory, expected class name pattern)
@@ -74,6 +143,9 @@ MODELS = [
     (lambda: book_separable_model(32, 32), r"Sequential\d*"),
     (_residual_model, "ResidualNet"),
     (_every_layer_model, "EveryLayer"),
+    (_applications_layer_model, "ApplicationsLayers"),
+    (_operations_model, "Operations"),
+    (_dict_model, "DictOutputs"),
 ]
 
 
@@ -84,8 +156,14 @@ def _import(path: str):
     return module
 
 
+def _operations(model) -> list:
+    """A Functional model's layers and operations; a Sequential model's layers."""
+    return list(getattr(model, "operations", model.layers))
+
+
 def _keras_layers(model) -> list:
-    return [l for l in model.layers if not isinstance(l, keras().layers.InputLayer)]
+    """The model's layers and keras.ops operations, in Keras' order."""
+    return [l for l in _operations(model) if not isinstance(l, keras().layers.InputLayer)]
 
 
 def _check_text(path: str, model, class_name: str) -> None:
@@ -150,19 +228,21 @@ def test_build_takes_a_weights_path(tmp_path, rng):
 
 
 def _all_layers(model) -> set:
+    """The converter table's keys of the model's layers and operations, nested models' too."""
     found = set()
-    for layer in model.layers:
-        found.add(type(layer).__name__)
+    for layer in _operations(model):
+        prefix = "" if isinstance(layer, keras().layers.Layer) else convert.OPS_PREFIX
+        found.add(prefix + type(layer).__name__)
         if isinstance(layer, keras().Model):
             found |= _all_layers(layer)
     return found
 
 
 def test_every_converter_class_is_written():
-    """The round trip of _every_layer_model covers every class in the converter table: a new
-    converter needs a layer there and a writer for its module class (``writers.writes``)."""
-    missing = set(convert.CONVERTERS) - _all_layers(_every_layer_model())
-    assert not missing, f"add {sorted(missing)} to _every_layer_model and writers for their modules"
+    """The round trips of MODELS cover every class in the converter table: a new converter needs
+    a layer in one of them and a writer for its module class (``writers.writes``)."""
+    missing = set(convert.CONVERTERS) - set().union(*(_all_layers(make()) for make, _ in MODELS))
+    assert not missing, f"add {sorted(missing)} to a model of MODELS and writers for their modules"
 
 
 # One instance per registered module class, with non-default arguments where there are any.
@@ -188,6 +268,34 @@ WRITER_CASES = [
     nn.GELU("tanh"),
     nn.Softplus(beta=2.0),
     nn.Softmax(dim=-1),
+    layers.Subtract(), layers.Multiply(), layers.Divide(), layers.Average(), layers.Maximum(), layers.Minimum(),
+    layers.Concatenate(2),
+    layers.Arithmetic("subtract", 2.5, reverse=True),
+    layers.ScaleAdd(0.17),
+    layers.Reshape((3, 4, 5), True, False),
+    layers.Permute((2, 1, 3)),
+    layers.Cropping2d(1, 2, 0, 3),
+    layers.Rescaling((0.5, 2.0, -1.0), (0.1, 0.2, 0.3), dim=2, rank=3),
+    layers.Normalization(3, dim=2, rank=3, invert=True, epsilon=1e-5),
+    layers.LayerNorm(4, dim=2, eps=1e-6, center=False, rms_scaling=True),
+    layers.LayerScale(6, dim=2, rank=3),
+    layers.StochasticDepth(0.2),
+    layers.PointwiseDense(4, 6, bias=False, activation=nn.Softmax(dim=-1)),
+    layers.FrozenBatchNorm(5, axis=-1, eps=1e-3, momentum=1 - 0.99),
+    layers.Conv2dTranspose(3, 4, (3, 2), (2, 1), "same", (1, 0), (1, 2), bias=False, activation="relu"),
+    nn.Flatten(2),
+    nn.Unflatten(1, (2, 3)),
+    nn.Dropout2d(0.3),
+    nn.Upsample(scale_factor=(2.0, 3.0), mode="bilinear", align_corners=False, recompute_scale_factor=True),
+    nn.LayerNorm((4, 5), eps=1e-6, bias=False),
+    nn.CELU(0.5),
+    nn.Hardshrink(0.3),
+    nn.Softshrink(0.4),
+    nn.Tanhshrink(),
+    nn.LogSigmoid(),
+    nn.GLU(dim=1),
+    nn.Hardsigmoid(),
+    nn.LogSoftmax(dim=2),
 ] + [tb.get_activation(name) for name in ACTIVATION_NAMES]
 
 

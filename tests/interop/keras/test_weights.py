@@ -15,13 +15,13 @@ import torchblocks as tb
 from keras_oracle import (
     assert_rel_close,
     assert_unchanged,
-    calibrate_bn,
     images,
     keras,
     keras_nchw,
     nchw_to_nhwc,
     random_weights,
     randomize,
+    randomize_all,
     rel_error,
     run_keras_nchw,
     run_torch,
@@ -362,64 +362,90 @@ def test_batchnorm_without_scale_in_h5_needs_the_model(tmp_path, rng):
 
 def test_unsupported_weighted_keras_layer_is_listed(rng):
     L = keras().layers
-    model = keras().Sequential([keras().Input((4,)), L.Dense(3), L.LayerNormalization(name="ln")])
-    with pytest.raises(ValueError, match=r"Keras 'ln' \(LayerNormalization\): layer kind not supported"):
+    model = keras().Sequential([keras().Input((4,)), L.Dense(3), L.PReLU(name="ln")])
+    with pytest.raises(ValueError, match=r"Keras 'ln' \(PReLU\): layer kind not supported"):
         load_keras_weights(tb.Dense(4, 3), model)
 
 
-# --------------------------------------------------------------------------- Xception (slow)
+# ------------------------------------------------- a converted module reloads from every source
 
 
-@pytest.fixture(scope="module")
-def keras_xceptions():
-    """Keras Xception with BN statistics from a real batch: the 299×299 classifier (logits) and the
-    pooled feature extractor for any size, sharing their weights."""
-    apps = keras().applications
-    features = apps.Xception(weights=None, include_top=False, pooling="avg", input_shape=(None, None, 3))
-    rng = np.random.default_rng(7)
-    calibrate_bn(features, rng.uniform(-1, 1, size=(4, 101, 103, 3)).astype(np.float32))
-    classifier = apps.Xception(weights=None, classifier_activation=None)
-    weighted = [l for l in classifier.layers if l.weights]
-    for source, target in zip([l for l in features.layers if l.weights], weighted):
-        target.set_weights(source.get_weights())
-    random_weights(weighted[-1], rng)
-    return classifier, features
+def _flatten_dense():
+    L = keras().layers
+    inp = keras().Input((3, 4, 5))
+    return keras().Model(inp, L.Dense(4, name="head")(L.Flatten()(L.Conv2D(3, 1)(inp))))
 
 
-def _check_xception(keras_model, module: nn.Module, x: np.ndarray) -> None:
-    expected = keras_nchw(keras_model, x, training=False)
-    # The oracle is sensitive: the two images' outputs differ by far more than the tolerance.
-    assert rel_error(expected[0], expected[1]) > 100 * XCEPTION_RTOL
-    assert_rel_close(run_torch(module.eval(), x), expected, XCEPTION_RTOL)
+def _flatten_bn_dense():
+    L = keras().layers
+    inp = keras().Input((3, 4, 5))
+    x = L.BatchNormalization()(L.Flatten()(L.Conv2D(3, 1)(inp)))
+    return keras().Model(inp, L.Dense(4, name="head")(L.Dropout(0.2)(x)))
 
 
-@pytest.mark.slow
-def test_xception_matches_keras_299(keras_xceptions):
-    models = pytest.importorskip("torchblocks.models")
-    classifier = keras_xceptions[0]
-    module = models.xception()
-    result = load_keras_weights(module, classifier)
-    assert len(result.loaded) == len([l for l in classifier.layers if l.weights]) == 81
-    bns = [m.bn for m in module.modules() if isinstance(m, tb.BatchNorm)]
-    assert len(bns) == 40 and all(bn.eps == pytest.approx(1e-3) and bn.momentum == pytest.approx(0.01) for bn in bns)
-    x = np.random.default_rng(8).uniform(-1, 1, size=(2, 3, 299, 299)).astype(np.float32)
-    _check_xception(classifier, module, x)
+def _pointwise_dense_and_grouped_conv():
+    L = keras().layers
+    inp = keras().Input((5, 6, 4))
+    x = L.Conv2D(8, 3, groups=4, padding="same", name="grouped")(inp)  # groups == C_in
+    return keras().Model(inp, L.Dense(3, name="pointwise")(x))  # Dense on a feature map
 
 
-@pytest.mark.slow
-def test_xception_odd_size_and_weights_h5(keras_xceptions, tmp_path):
-    """101×103 pooled features; the .weights.h5 file (no configs) loads the same tensors."""
-    models = pytest.importorskip("torchblocks.models")
-    features = keras_xceptions[1]
-    module = models.xception(include_top=False, pooling="avg")
-    load_keras_weights(module, features)
-    x = np.random.default_rng(9).uniform(-1, 1, size=(2, 3, 101, 103)).astype(np.float32)
-    _check_xception(features, module, x)
-    path = str(tmp_path / "xception.weights.h5")
-    features.save_weights(path)
-    from_file = models.xception(include_top=False, pooling="avg")
-    load_keras_weights(from_file, path)
-    expected = module.state_dict()
-    for key, value in from_file.state_dict().items():
-        if not key.endswith("num_batches_tracked"):
-            assert torch.equal(value, expected[key]), key
+def _nested():
+    L = keras().layers
+    stem = keras().Sequential([keras().Input((6, 6, 3)), L.Conv2D(4, 2, 2), L.LayerNormalization()], name="stem")
+    inp = keras().Input((6, 6, 3))
+    x = L.BatchNormalization()(stem(inp))
+    return keras().Model(inp, L.Dense(2)(L.GlobalAveragePooling2D()(L.Conv2D(4, 1)(x))))
+
+
+@pytest.mark.parametrize("make", [_flatten_dense, _flatten_bn_dense, _pointwise_dense_and_grouped_conv, _nested])
+@pytest.mark.parametrize("kind", ["object", "keras", "h5"])
+def test_converted_module_reloads_from_every_source(tmp_path, make, kind):
+    """load_keras_weights(from_keras(km), km) restores every weight, with from_keras' Flatten row
+    permutation, for a model object, a .keras file and a .weights.h5 file (nested models too)."""
+    model = make()
+    randomize_all(model, np.random.default_rng(1))
+    module = from_keras(model)
+    expected = snapshot(module)
+    x = images(np.random.default_rng(2), 2, *module_input_shape(model))
+    reference = run_torch(module, x)
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.uniform_(0.5, 1.5)
+    assert rel_error(run_torch(module, x), reference) > 1e-2  # the load has something to restore
+    load_keras_weights(module, _save(model, tmp_path, kind))
+    after = snapshot(module)
+    assert all(torch.equal(after[k], v) if isinstance(v, torch.Tensor) else after[k] == v for k, v in expected.items())
+    assert_rel_close(run_torch(module, x), keras_nchw(model, x), RTOL)
+
+
+def module_input_shape(model):
+    h, w, c = model.inputs[0].shape[1:]
+    return c, h, w
+
+
+class _Rewritten(nn.Module):
+    """A converted model rewritten by hand (as readable source would be): the same submodules,
+    called from a plain forward."""
+
+    def __init__(self, converted: nn.Module) -> None:
+        super().__init__()
+        for name, child in converted.named_children():
+            setattr(self, name, child)
+        self.order = [str(n.target) for n in converted.graph.nodes if n.op == "call_module"]
+
+    def forward(self, x):
+        for name in self.order:
+            x = getattr(self, name)(x)
+        return x
+
+
+def test_a_rewritten_converted_module_keeps_the_flatten_permutation(tmp_path):
+    model = _flatten_bn_dense()
+    randomize_all(model, np.random.default_rng(1))
+    rewritten = _Rewritten(from_keras(_flatten_bn_dense()))  # another model's weights
+    rewritten.eval()
+    load_keras_weights(rewritten, _save(model, tmp_path, "h5"))
+    x = images(np.random.default_rng(2), 2, *module_input_shape(model))
+    assert_rel_close(run_torch(rewritten, x), keras_nchw(model, x), RTOL)

@@ -8,9 +8,11 @@ submodule by submodule, before anything is saved.
 """
 import builtins
 import keyword
+import operator
 import os
 import re
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -98,6 +100,18 @@ class _Class:
     imports: Set[str]
 
 
+def _is_getitem(node: torch.fx.Node) -> bool:
+    """One output of a nested model with several (``from_keras`` picks them by index or key)."""
+    return node.op == "call_function" and node.target is operator.getitem
+
+
+def _quoted(key: Any) -> str:
+    """An output's index or dict key as source text (a str in double quotes where it can be)."""
+    if isinstance(key, str) and key.isprintable() and '"' not in key and "\\" not in key:
+        return f'"{key}"'
+    return repr(key)
+
+
 def _keras_layers(gm: torch.fx.GraphModule) -> Dict[str, Tuple[str, str]]:
     """Submodule name -> (Keras layer name, Keras class), from the converted graph's node meta."""
     found: Dict[str, Tuple[str, str]] = {}
@@ -105,7 +119,7 @@ def _keras_layers(gm: torch.fx.GraphModule) -> Dict[str, Tuple[str, str]]:
         if node.op == "call_module":
             meta = (node.meta.get("keras_layer", str(node.target)), node.meta.get("keras_class", "?"))
             found.setdefault(str(node.target), meta)
-        elif node.op not in ("placeholder", "output"):
+        elif node.op not in ("placeholder", "output") and not _is_getitem(node):
             raise NotImplementedError(
                 f"to_source: a {node.op} node ({node.target}) has no source form; to_source writes "
                 f"the graphs from_keras builds, which only call submodules."
@@ -139,19 +153,32 @@ def _init_lines(
     return lines, imports
 
 
-def _forward_lines(gm: torch.fx.GraphModule, attr: Dict[str, str]) -> Tuple[List[str], bool]:
+def _forward_lines(gm: torch.fx.GraphModule, attr: Dict[str, str]) -> Tuple[List[str], str]:
     """``forward``: one line per submodule call in execution order; a chain of single-use values
-    reuses ``x``, a value read later or twice gets its layer's name. Returns (lines, many outputs)."""
+    reuses ``x``, a value read later or twice gets its layer's name, one output of a nested model
+    with several is read where it is used (``inner[0]``, ``inner["key"]``). Returns (lines, the
+    typing name the return annotation needs, or "")."""
     nodes = list(gm.graph.nodes)
     names = _Names(["self"])
     placeholders = [n for n in nodes if n.op == "placeholder"]
     variable: Dict[torch.fx.Node, str] = {n: names.take(str(n.target)) for n in placeholders}
     chain = names.take("x")
     output = nodes[-1].args[0]
-    results = list(output) if isinstance(output, (tuple, list)) else [output]
+    keys = list(output) if isinstance(output, dict) else None
+    if keys is not None:
+        results = list(output.values())
+    else:
+        results = list(output) if isinstance(output, (tuple, list)) else [output]
     calls = [n for n in nodes if n.op == "call_module"]
     body: List[str] = []
-    for i, node in enumerate(calls):
+    for node in nodes:
+        if _is_getitem(node):
+            source, key = node.args
+            variable[node] = f"{variable[source]}[{_quoted(key)}]"
+            continue
+        if node.op != "call_module":
+            continue
+        i = calls.index(node)
         users = list(node.users)
         feeds_next = i + 1 < len(calls) and users == [calls[i + 1]] and node not in results
         last = i + 1 == len(calls) and results == [node] and len(users) == 1
@@ -163,12 +190,19 @@ def _forward_lines(gm: torch.fx.GraphModule, attr: Dict[str, str]) -> Tuple[List
         else:
             body.extend(_wrapped(head, inputs, ")", 8))
     returned = [variable[n] for n in results]
-    many = len(returned) > 1
-    body.extend(_wrapped("return (", returned, ")", 8) if many else [f"        return {returned[0]}"])
-    annotation = "Tuple[Tensor, ...]" if many else "Tensor"
+    if keys is not None:
+        items = [f"{_quoted(k)}: {v}" for k, v in zip(keys, returned)]
+        body.extend(_wrapped("return {", items, "}", 8))
+        annotation, typing_name = "Dict[str, Tensor]", "Dict"
+    elif len(returned) > 1:
+        body.extend(_wrapped("return (", returned, ")", 8))
+        annotation, typing_name = "Tuple[Tensor, ...]", "Tuple"
+    else:
+        body.append(f"        return {returned[0]}")
+        annotation, typing_name = "Tensor", ""
     arguments = [f"{variable[n]}: Tensor" for n in placeholders]
     head = _wrapped("    def forward(self, ", arguments, f") -> {annotation}:", 0)
-    return head + body, many
+    return head + body, typing_name
 
 
 def _write_class(
@@ -178,9 +212,9 @@ def _write_class(
     attributes = _Names(["self", "training"])
     attr = {child: attributes.take(child) for child, _ in gm.named_children()}
     init, imports = _init_lines(gm, attr, classes, out)
-    forward, many = _forward_lines(gm, attr)
-    if many:
-        imports.add("from typing import Tuple")
+    forward, typing_name = _forward_lines(gm, attr)
+    if typing_name:
+        imports.add(f"from typing import {typing_name}")
     lines = [f"class {name}(nn.Module):", f'    """{doc}"""', ""] + init + [""] + forward
     out.append(_Class(lines, imports))
 
@@ -195,7 +229,11 @@ def _import_block(imports: Set[str]) -> List[str]:
             merged.setdefault(match.group(1), set()).update(n.strip() for n in match.group(2).split(","))
         else:
             statements.append(line)
-    statements += [f"from {module} import {', '.join(sorted(n))}" for module, n in merged.items()]
+    for module, names in merged.items():
+        line = f"from {module} import {', '.join(sorted(names))}"
+        if len(line) > MAX_COLUMNS:
+            line = "\n".join(_wrapped(f"from {module} import (", sorted(names), ")", 0))
+        statements.append(line)
     groups: List[List[str]] = [[], [], []]
     for line in statements:
         package = line.split()[1].split(".")[0]
@@ -205,6 +243,10 @@ def _import_block(imports: Set[str]) -> List[str]:
         if group:
             block += sorted(group, key=lambda line: (line.startswith("from"), line)) + [""]
     return block
+
+
+def _paragraph(text: str) -> List[str]:
+    return textwrap.wrap(text, MAX_COLUMNS, break_long_words=False, break_on_hyphens=False)
 
 
 def _shape_text(shape: Sequence[Optional[int]], channels_first: bool) -> str:
@@ -227,18 +269,17 @@ def _source(keras_model: Any, gm: torch.fx.GraphModule, channels_first: bool) ->
     for written in out:
         imports |= written.imports
     layout = "" if channels_first else " Images are (N, C, H, W) where Keras took (N, H, W, C)."
-    lines = [
-        f'"""The Keras model {keras_model.name!r} in PyTorch, written by torchblocks (to_source).',
-        "",
-        f"``build()`` returns ``{name}`` in eval mode with the state dict of the .pt file beside",
-        f"this one.{layout}",
-        '"""',
-    ] + _import_block(imports) + [""]
+    about = f"``build()`` returns ``{name}`` in eval mode with the state dict of the .pt file beside this one."
+    title = f'"""The Keras model {keras_model.name!r} in PyTorch, written by torchblocks (to_source).'
+    lines = (
+        _paragraph(title) + [""] + _paragraph(about + layout)
+        + ['"""'] + _import_block(imports) + [""]
+    )
     for written in out:
         lines += written.lines + ["", ""]
     lines += [
         f"def build(weights: Optional[str] = None) -> {name}:",
-        f'    """``{name}`` in eval mode, with the state dict saved at ``weights`` (default: the .pt',
+        '    """The model in eval mode, with the state dict saved at ``weights`` (default: the .pt',
         '    file beside this one)."""',
         f"    model = {name}()",
         '    path = weights if weights is not None else os.path.splitext(__file__)[0] + ".pt"',
@@ -259,7 +300,7 @@ def _state_dict(text: str, path: str, name: str, gm: torch.fx.GraphModule) -> Di
             continue
         if type(actual) is not type(expected) or repr(actual) != repr(expected):
             raise NotImplementedError(
-                f"to_source: the code written for submodule {key!r} builds {actual!r}, not the "
+                f"to_source: the code written for submodule {_quoted(key)} builds {actual!r}, not the "
                 f"converted {expected!r}; the writer of {type(expected).__name__} is incomplete."
             )
     state, converted = written.state_dict(), gm.state_dict()

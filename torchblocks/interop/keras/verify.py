@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..._checks import check_module
 from .backend import import_keras
-from .graph import KerasGraph, keras_graph
+from .graph import KerasGraph, TensorArg, keras_graph
 from .layers import Flatten
 
 __all__ = ["LayerError", "VerifyReport", "VerificationError", "TOLERANCES", "verify"]
@@ -272,19 +272,30 @@ def _run_torch(graph_module: torch.fx.GraphModule, inputs: Tuple[Tensor, ...]) -
     return outputs
 
 
-def _run_keras(keras: Any, source: KerasGraph, inputs: List[np.ndarray]) -> List[List[Any]]:
-    """Each layer call's outputs, running Keras' graph one call at a time in inference mode."""
-    from .convert import CONVERTERS
+def _filled(value: Any, tensors: List[Any]) -> Any:
+    """A recorded call argument with each ``TensorArg`` replaced by its value."""
+    if isinstance(value, TensorArg):
+        return tensors[value.index]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_filled(v, tensors) for v in value)
+    if isinstance(value, dict):
+        return {k: _filled(v, tensors) for k, v in value.items()}
+    return value
 
+
+def _run_keras(keras: Any, source: KerasGraph, inputs: List[np.ndarray]) -> List[List[Any]]:
+    """Each layer call's outputs, running Keras' graph one call at a time in inference mode, each
+    call with the arguments the model recorded for it (constants of keras.ops calls included)."""
     values: Dict[int, Any] = {entry.tensor: x for entry, x in zip(source.inputs, inputs)}
     results: List[List[Any]] = []
     with torch.no_grad():
         for node in source.nodes:
-            args = [values[t] for t in node.inputs]
-            converter = CONVERTERS.get(type(node.layer).__name__)
-            as_list = converter.list_input if converter is not None else len(args) > 1
-            out = node.layer(args if as_list else args[0], training=False)
-            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            tensors = [values[t] for t in node.inputs]
+            args = [_filled(a, tensors) for a in node.args]
+            kwargs = {k: _filled(v, tensors) for k, v in node.kwargs.items()}
+            if isinstance(node.layer, keras.layers.Layer):  # keras.ops operations take no mode
+                kwargs["training"] = False
+            outs = keras.tree.flatten(node.layer(*args, **kwargs))  # a dict's values by sorted key
             for tensor, value in zip(node.outputs, outs):
                 values[tensor] = value
             results.append(outs)

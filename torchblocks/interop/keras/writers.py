@@ -17,6 +17,7 @@ from ...conv import Conv2d, DepthwiseConv2d, SeparableConv2d
 from ...linear import Dense
 from ...norm import BatchNorm
 from ...pooling import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
+from . import layers as keras_layers
 from .layers import Add, Flatten
 
 __all__ = ["Call", "Code", "TB", "WRITERS", "call", "non_default", "write", "writes"]
@@ -180,7 +181,10 @@ def _add(m: Add) -> Call:
 
 @writes(Flatten)
 def _flatten(m: Flatten) -> Call:
-    return call("Flatten", [KERAS_LAYERS.format("Flatten")], m.channels_last)
+    return call(
+        "Flatten", [KERAS_LAYERS.format("Flatten")], m.channels_last,
+        **non_default(permuted_for=(tuple(m.permuted_for), ())),
+    )
 
 
 @writes(nn.Dropout)
@@ -193,7 +197,7 @@ def _zero_pad(m: nn.ZeroPad2d) -> Call:
     return call("nn.ZeroPad2d", [], tuple(m.padding))
 
 
-@writes(nn.Identity, nn.SELU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.Hardswish, nn.Mish, nn.Softsign)
+@writes(nn.Identity, nn.SELU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.Hardsigmoid, nn.Hardswish, nn.Mish, nn.Softsign)
 def _plain_activation(m: nn.Module) -> Call:
     inplace = getattr(m, "inplace", False)
     return call(f"nn.{type(m).__name__}", [], **non_default(inplace=(inplace, False)))
@@ -240,6 +244,161 @@ def _torchblocks_activation(m: nn.Module) -> Call:
     return call(name, [ACTIVATIONS.format(name)])
 
 
+@writes(keras_layers.Subtract, keras_layers.Multiply, keras_layers.Divide, keras_layers.Average,
+        keras_layers.Maximum, keras_layers.Minimum)
+def _merge(m: nn.Module) -> Call:
+    name = type(m).__name__
+    return call(name, [KERAS_LAYERS.format(name)])
+
+
+def _glue(m: nn.Module, *args: Any, **kwargs: Any) -> Call:
+    """The call of a module of torchblocks.interop.keras.layers."""
+    name = type(m).__name__
+    return call(name, [KERAS_LAYERS.format(name)], *args, **kwargs)
+
+
+@writes(keras_layers.Concatenate)
+def _concatenate(m: keras_layers.Concatenate) -> Call:
+    return _glue(m, m.dim)
+
+
+@writes(keras_layers.Arithmetic)
+def _arithmetic(m: keras_layers.Arithmetic) -> Call:
+    return _glue(m, m.op, m.constant, **non_default(reverse=(m.reverse, False)))
+
+
+@writes(keras_layers.ScaleAdd)
+def _scale_add(m: keras_layers.ScaleAdd) -> Call:
+    return _glue(m, m.scale)
+
+
+@writes(keras_layers.Reshape)
+def _reshape(m: keras_layers.Reshape) -> Call:
+    return _glue(m, tuple(m.shape), m.channels_last_in, m.channels_last_out)
+
+
+@writes(keras_layers.Permute)
+def _permute(m: keras_layers.Permute) -> Call:
+    return _glue(m, tuple(m.dims))
+
+
+@writes(keras_layers.Cropping2d)
+def _cropping(m: keras_layers.Cropping2d) -> Call:
+    return _glue(m, m.top, m.bottom, m.left, m.right)
+
+
+@writes(keras_layers.Rescaling)
+def _rescaling(m: keras_layers.Rescaling) -> Call:
+    scale, offset = (tuple(float(v) for v in t.flatten().tolist()) for t in (m.scale, m.offset))
+    return _glue(m, scale, offset, **non_default(dim=(m.dim, 1), rank=(m.rank, 4)))
+
+
+@writes(keras_layers.Normalization)
+def _normalization(m: keras_layers.Normalization) -> Call:
+    return _glue(
+        m, m.mean.numel(),
+        **non_default(dim=(m.dim, 1), rank=(m.rank, 4), invert=(m.invert, False), epsilon=(m.epsilon, 1e-7)),
+    )
+
+
+@writes(keras_layers.LayerNorm)
+def _layer_norm(m: keras_layers.LayerNorm) -> Call:
+    return _glue(
+        m, m.normalized_shape[0],
+        **non_default(dim=(m.dim, 1), eps=(m.eps, 1e-3), center=(m.bias is not None, True),
+                      scale=(m.weight is not None, True), rms_scaling=(m.rms_scaling, False)),
+    )
+
+
+@writes(keras_layers.LayerScale)
+def _layer_scale(m: keras_layers.LayerScale) -> Call:
+    return _glue(m, m.gamma.numel(), **non_default(dim=(m.dim, 1), rank=(m.rank, 4)))
+
+
+@writes(keras_layers.StochasticDepth)
+def _stochastic_depth(m: keras_layers.StochasticDepth) -> Call:
+    return _glue(m, m.rate)
+
+
+@writes(keras_layers.PointwiseDense)
+def _pointwise_dense(m: keras_layers.PointwiseDense) -> Call:
+    return _glue(m, m.in_features, m.out_features, **non_default(bias=(m.bias is not None, True)),
+                 **_activation(m.act))
+
+
+@writes(keras_layers.FrozenBatchNorm)
+def _frozen_batch_norm(m: keras_layers.FrozenBatchNorm) -> Call:
+    bn = m.bn
+    return _glue(
+        m, bn.num_features,
+        **non_default(axis=(m.axis, 1), eps=(bn.eps, 1e-5), momentum=(_momentum(bn.momentum), 0.1)),
+    )
+
+
+@writes(keras_layers.Conv2dTranspose)
+def _conv_transpose(m: keras_layers.Conv2dTranspose) -> Call:
+    return _glue(
+        m, m.in_channels, m.out_channels, m.kernel_size,
+        **non_default(stride=(m.stride, (1, 1)), padding=(m.padding_spec, "valid"),
+                      output_padding=(tuple(m.keras_output_padding), (-1, -1)),
+                      dilation=(m.dilation, (1, 1)), bias=(m.bias is not None, True)),
+        **_activation(m.act),
+    )
+
+
+@writes(nn.Flatten)
+def _torch_flatten(m: nn.Flatten) -> Call:
+    return call("nn.Flatten", [], **non_default(start_dim=(m.start_dim, 1), end_dim=(m.end_dim, -1)))
+
+
+@writes(nn.Unflatten)
+def _unflatten(m: nn.Unflatten) -> Call:
+    return call("nn.Unflatten", [], m.dim, tuple(m.unflattened_size))
+
+
+@writes(nn.Dropout2d)
+def _dropout2d(m: nn.Dropout2d) -> Call:
+    return call("nn.Dropout2d", [], m.p, **non_default(inplace=(m.inplace, False)))
+
+
+@writes(nn.Upsample)
+def _upsample(m: nn.Upsample) -> Call:
+    return call(
+        "nn.Upsample", [], scale_factor=tuple(m.scale_factor), mode=m.mode,
+        **non_default(align_corners=(m.align_corners, None),
+                      recompute_scale_factor=(m.recompute_scale_factor, None)),
+    )
+
+
+@writes(nn.LayerNorm)
+def _torch_layer_norm(m: nn.LayerNorm) -> Call:
+    return call(
+        "nn.LayerNorm", [], tuple(m.normalized_shape),
+        **non_default(eps=(m.eps, 1e-5), elementwise_affine=(m.elementwise_affine, True),
+                      bias=(m.bias is not None or not m.elementwise_affine, True)),
+    )
+
+
+@writes(nn.CELU)
+def _celu(m: nn.CELU) -> Call:
+    return call("nn.CELU", [], **non_default(alpha=(m.alpha, 1.0)))
+
+
+@writes(nn.Hardshrink, nn.Softshrink)
+def _shrink(m: nn.Module) -> Call:
+    return call(f"nn.{type(m).__name__}", [], **non_default(lambd=(m.lambd, 0.5)))
+
+
+@writes(nn.Tanhshrink, nn.LogSigmoid)
+def _argument_free(m: nn.Module) -> Call:
+    return call(f"nn.{type(m).__name__}", [])
+
+
+@writes(nn.GLU)
+def _glu(m: nn.GLU) -> Call:
+    return call("nn.GLU", [], dim=m.dim)
+
+
 def write(module: nn.Module, what: str) -> Call:
     """The constructor call of ``module`` (``what`` names it in the error), by its class's writer.
 
@@ -249,7 +408,7 @@ def write(module: nn.Module, what: str) -> Call:
     cls = type(module)
     writer = WRITERS.get(cls)
     if writer is None:
-        known = ", ".join(sorted(c.__name__ for c in WRITERS))
+        known = ", ".join(sorted(("nn." if c.__module__.startswith("torch.") else "") + c.__name__ for c in WRITERS))
         raise NotImplementedError(
             f"to_source: {what}: no source writer for module class "
             f"{cls.__module__}.{cls.__qualname__}; writers exist for {known}."
