@@ -17,11 +17,12 @@ Dense kernel (in, out)            ``Dense`` / ``nn.Linear`` weight (out, in)
 
 Modules: ``backend`` (lazy imports of keras and h5py), ``sources`` (Keras layers, models and files
 read into uniform records), ``weights`` (``load_keras_weights``), ``graph`` (the only reader of
-Keras' private graph attributes), ``convert`` (``from_keras``), ``converters`` (its converter table,
-one module per family of Keras layers), ``plan`` (decisions for a whole model), ``staging`` (one
-layer's weights into one torch layer), ``activations`` (Keras' activations as torch modules),
-``layers`` (modules for Keras layers torchblocks has no counterpart of), ``verify`` (a conversion checked
-against Keras layer by layer), ``source`` (``to_source``: the conversion as readable Python).
+Keras' private graph attributes), ``convert`` (the conversion), ``converters`` (its converter
+table, one module per family of Keras layers), ``plan`` (decisions for a whole model),
+``staging`` (one layer's weights into one torch layer), ``activations`` (Keras' activations as
+torch modules), ``layers`` (modules for Keras layers torchblocks has no counterpart of),
+``verify`` (a conversion checked against Keras layer by layer), ``checked`` (``from_keras``: the
+conversion, verified when asked), ``source`` (``to_source``: the conversion as readable Python).
 Keras is imported only when a function needs it (``pip install "torchblocks[keras]"``); a
 ``.weights.h5`` file is read with h5py alone.
 """
@@ -30,7 +31,8 @@ from .backend import select_backend
 select_backend()
 
 # After the backend is chosen:
-from .convert import KerasModel, from_keras  # noqa: E402
+from .checked import from_keras  # noqa: E402
+from .convert import KerasModel  # noqa: E402
 from .source import SourceFiles, to_source  # noqa: E402
 from .sources import load_keras_file  # noqa: E402
 from .verify import VerificationError, VerifyReport, verify  # noqa: E402

@@ -1,6 +1,7 @@
-"""``from_keras``: a Keras Sequential or Functional model as a torch module, weights included.
+"""``convert``: a Keras Sequential or Functional model as a torch module, weights included (the
+conversion behind ``from_keras``, which can also verify it).
 
-``from_keras`` walks the layer graph (``graph.keras_graph``), builds one torch module per Keras
+``convert`` walks the layer graph (``graph.keras_graph``), builds one torch module per Keras
 layer or operation with the converter of its class (``converters``), and writes a ``torch.fx``
 graph calling those modules in Keras' execution order. ``plan`` decides, before any module is
 built, the model's data format and where a Flatten keeps torch's feature order.
@@ -19,9 +20,8 @@ from .converters import CONVERTERS, OPS_PREFIX, Converter, LayerCall, unsupporte
 from .converters.registry import freeze_if_untrainable
 from .graph import GraphNode, KerasGraph, TensorArg, keras_graph
 from .plan import check_layer, flatten_plan, model_data_format, model_dtype
-from .verify import checked
 
-__all__ = ["KerasModel", "from_keras"]
+__all__ = ["KerasModel", "convert"]
 
 
 class KerasModel(torch.fx.GraphModule):
@@ -183,42 +183,11 @@ def _convert(keras: Any, model: Any, channels_first: bool) -> Tuple[KerasModel, 
     return builder.finish(), source
 
 
-def from_keras(keras_model: Any, verify: Any = None) -> KerasModel:
-    """Convert a Keras Sequential or Functional model into a torch module, weights included.
-
-    The result reproduces the Keras model exactly and trains like it: it comes back in **eval
-    mode** (Keras' inference behaviour; call ``.train()`` to train it), BatchNormalization becomes
-    a trainable ``tb.BatchNorm`` (never folded) with Keras' epsilon and its momentum converted
-    (torch 1 - m), Dropout keeps its rate, layers frozen in Keras (``trainable=False``) have
-    parameters that need no gradient, and a frozen BatchNormalization keeps normalising with its
-    moving statistics in training (``layers.FrozenBatchNorm``).
-
-    Images: a ``channels_last`` model's (N, H, W, C) inputs and maps are (N, C, H, W) here; a
-    ``channels_first`` model keeps its layout. Vectors (N, F) are unchanged. Keras ``Flatten``
-    orders features (h, w, c): the converted model flattens (c, h, w) and permutes the rows of the
-    Dense/BatchNormalization layers reading them, or flattens in Keras' order where its features
-    reach anything else. A final softmax is kept (train with ``nn.NLLLoss`` on its log, or build the
-    Keras model with ``classifier_activation=None``).
-
-    Inputs are the forward's arguments, named after the Keras inputs (a dict input's keys), in
-    Keras' order; a dict of them works too. Outputs keep Keras' structure: a tensor, a tuple, or a
-    dict with Keras' keys.
-
-    Anything that cannot be reproduced exactly is refused with a ``ValueError`` naming the layer and
-    why: Lambda and custom layers, subclassed models, regularizers and constraints (a training
-    behaviour a module cannot carry), mixed data formats, mixed precision. A float64 model converts
-    to a float64 module (without BatchNormalization and LayerNormalization, which Keras computes in
-    float32 even there).
-
-    With ``verify=inputs`` (in the converted module's layout, as ``verify`` takes them) the result
-    is checked layer by layer first; a conversion that is not exact raises ``VerificationError``
-    (a ``ValueError``) whose message is the per-layer table, naming the first divergent layer.
+def convert(keras_model: Any) -> KerasModel:
+    """``from_keras`` without its optional check against Keras (``verify``, which uses this).
 
     Returns:
-        A ``KerasModel`` (a ``torch.fx.GraphModule``) with one submodule per Keras layer, named after
-        it and registered in ``model.layers`` order; each ``call_module`` node records its Keras
-        layer in ``node.meta["keras_layer"]`` (name) and ``node.meta["keras_class"]``. It is
-        scriptable with ``torch.jit.script`` and traceable with ``torch.fx``/``torch.export``.
+        The ``KerasModel`` in eval mode.
     """
     keras = import_keras()
     if not isinstance(keras_model, keras.Model):
@@ -234,4 +203,4 @@ def from_keras(keras_model: Any, verify: Any = None) -> KerasModel:
         module, _ = _convert(keras, keras_model, channels_first)
     finally:
         torch.set_default_dtype(previous)
-    return checked(keras_model, module.eval(), verify)
+    return module.eval()

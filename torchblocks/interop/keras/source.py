@@ -22,7 +22,7 @@ import torch.fx
 from ..._checks import writable_path
 from . import layers as keras_layers
 from .backend import import_keras
-from .convert import from_keras
+from .checked import from_keras
 from .verify import is_channels_first
 from .writers import Call, write
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..._checks import check_module
 from .backend import import_keras
+from .convert import convert
 from .graph import KerasGraph, TensorArg, keras_graph
 from .layers import Flatten
 
@@ -226,9 +227,7 @@ def _torch_calls(module: nn.Module, keras_model: Any) -> Tuple[torch.fx.GraphMod
         calls = [n for n in module.graph.nodes if n.op == "call_module"]
         if calls and all("keras_layer" in n.meta for n in calls):
             return module, calls
-    from .convert import from_keras
-
-    reference = from_keras(keras_model)
+    reference = convert(keras_model)
     expected = [n for n in reference.graph.nodes if n.op == "call_module"]
     try:
         graph = _LeafTracer().trace(module)
@@ -457,18 +456,3 @@ def verify(
             tolerance, note,
         ))
     return VerifyReport(keras_model.name, records)
-
-
-def checked(keras_model: Any, module: nn.Module, inputs: Optional[Inputs]) -> nn.Module:
-    """``module``, after ``verify`` found it exact on ``inputs`` (no check when ``inputs`` is None).
-
-    Raises:
-        VerificationError: a ``ValueError`` whose message is the report (summary line, then the
-        table), naming the first divergent layer.
-    """
-    if inputs is None:
-        return module
-    report = verify(keras_model, module, inputs)
-    if not report.exact:
-        raise VerificationError(report)
-    return module
