@@ -67,6 +67,16 @@ def _packed_conv(
     )
 
 
+def _check_dtype(x: Tensor, dtype: torch.dtype, layer: str) -> None:
+    """Refuse an input whose dtype differs from the weight's, naming the layer (oneDNN's own
+    message names neither)."""
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{layer} (packed for oneDNN) has {dtype} weights; received a {x.dtype} input. Convert "
+            f"the model and its inputs to one dtype before optimising it."
+        )
+
+
 class PackedConv2d(nn.Module):
     """Inference form of an ``nn.Conv2d`` on CPU: the weight pre-packed for oneDNN, a ReLU fused.
 
@@ -122,6 +132,7 @@ class PackedConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
         check_nchw(x, self.in_channels, self.layer_name)
+        _check_dtype(x, self.bias.dtype, self.layer_name)
         if self.onednn:
             return _packed_conv(
                 x, self.packed, self.bias, self.padding, self.stride, self.dilation, self.groups, self.relu

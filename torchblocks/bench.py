@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 import torchblocks as tb
+from torchblocks._checks import first_line
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Report:
             lines.append(
                 f"{c.name:<44}{c.candidate_ms:>14.3f}{c.reference_ms:>14.3f}{c.ratio:>8.3f}{target:>9}  {met}"
             )
+            lines.append(f"    {c.candidate} vs {c.reference}")
             if c.note:
                 lines.append(f"    {c.note}")
         lines += [f"skipped: {s}" for s in self.skipped]
@@ -126,11 +128,14 @@ def time_pair(
         _sync(device)
     cand, ref = [], []
     for r in range(rounds):
-        # Alternate who goes first so that drift within a round favours neither.
-        order = (candidate, reference) if r % 2 == 0 else (reference, candidate)
-        times = {id(fn): measure(fn) for fn in order}
-        cand.append(times[id(candidate)])
-        ref.append(times[id(reference)])
+        # Alternate who goes first so that drift within a round favours neither. The two sides
+        # are told apart by position, not identity: one callable may be timed against itself.
+        if r % 2 == 0:
+            cand.append(measure(candidate))
+            ref.append(measure(reference))
+        else:
+            ref.append(measure(reference))
+            cand.append(measure(candidate))
     ratio = statistics.median(c / r for c, r in zip(cand, ref))
     return statistics.median(cand) * 1e3, statistics.median(ref) * 1e3, ratio
 
@@ -225,7 +230,7 @@ def bench_xception(report: Report, quick: bool, rounds: int, min_run_time: float
     eager = _no_grad(model, x)
     a, b, ratio = time_pair(_no_grad(fast, x), eager, rounds, min_run_time, device)
     report.cases.append(
-        Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "tb eager", a, b, ratio,
+        Case(f"Xception inference N=1 {size}² vs own eager", "tb.optimize_for_inference", "tb eager", a, b, ratio,
              note=f"max abs(fast - eager) = {err:.2e}")
     )
     try:
@@ -236,28 +241,44 @@ def bench_xception(report: Report, quick: bool, rounds: int, min_run_time: float
         x_cl = x.contiguous(memory_format=torch.channels_last)
         a, b, ratio = time_pair(_no_grad(fast, x), _no_grad(timm_model, x_cl), rounds, min_run_time, device)
         report.cases.append(
-            Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "timm legacy_xception channels_last",
-                 a, b, ratio, 0.85)
+            Case(f"Xception inference N=1 {size}² vs timm", "tb.optimize_for_inference",
+                 "timm legacy_xception channels_last", a, b, ratio, 0.85)
         )
     if device == "cpu":
         try:
             keras_run = _keras_xception(size)
-        except ImportError:
-            report.skipped.append("Xception vs Keras: keras not installed (pip install 'torchblocks[bench]')")
+        except _Unavailable as exc:
+            report.skipped.append(f"Xception vs Keras: {exc}")
         else:
             a, b, ratio = time_pair(_no_grad(fast, x), keras_run, max(1, rounds // 2), min_run_time, device)
             report.cases.append(
-                Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "keras Xception (torch backend)",
-                     a, b, ratio, 0.25)
+                Case(f"Xception inference N=1 {size}² vs Keras", "tb.optimize_for_inference",
+                     "keras Xception (torch backend)", a, b, ratio, 0.25)
             )
 
 
-def _keras_xception(size: int) -> Callable[[], object]:
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    import keras
+class _Unavailable(Exception):
+    """An optional reference cannot run here; the message says why."""
 
+
+def _keras_xception(size: int) -> Callable[[], object]:
+    try:
+        importlib.metadata.version("keras")
+    except importlib.metadata.PackageNotFoundError:
+        raise _Unavailable("keras not installed (pip install 'torchblocks[bench]')") from None
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except ImportError as exc:  # e.g. KERAS_BACKEND names a backend that is not installed
+        raise _Unavailable(
+            f"keras failed to import on backend {os.environ['KERAS_BACKEND']!r} ({first_line(exc)}); "
+            f"this comparison needs KERAS_BACKEND=torch"
+        ) from exc
     if keras.backend.backend() != "torch":
-        raise ImportError("keras must run on the torch backend (KERAS_BACKEND=torch) for this comparison")
+        raise _Unavailable(
+            f"keras runs on the {keras.backend.backend()!r} backend (KERAS_BACKEND="
+            f"{os.environ.get('KERAS_BACKEND')!r}); this comparison needs KERAS_BACKEND=torch"
+        )
     model = keras.applications.Xception(weights=None, input_shape=(size, size, 3), classifier_activation=None)
     x = torch.randn(1, size, size, 3)
 
@@ -453,14 +474,17 @@ def _run_section(name: str, report: Report) -> None:
     args = [name, report.device, "1" if report.quick else "0", str(report.threads)]
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
-        raise RuntimeError(f"benchmark section {name!r} failed:\n{done.stderr[-4000:]}")
+        lines = done.stderr.strip().splitlines() or ["(no output)"]
+        # The error's own line first: the command prints only the first line of a failure.
+        raise RuntimeError(f"benchmark section {name!r} failed: {lines[-1]}\n" + "\n".join(lines[-40:]))
     data = json.loads(done.stdout.strip().splitlines()[-1])
     report.cases += [Case(**{k: v for k, v in case.items() if k != "met"}) for case in data["cases"]]
     report.skipped += data["skipped"]
 
 
-def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None) -> Report:
-    """Run every benchmark; ``quick`` shrinks sizes and repetitions to about a minute on 2 cores."""
+def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None, progress: bool = False) -> Report:
+    """Run every benchmark; ``quick`` shrinks sizes and repetitions. With ``progress``, a bar
+    on stderr counts the sections (only where stderr is a terminal)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("Invalid value for argument `device`. CUDA is not available. Received device='cuda'.")
     if device not in ("cpu", "cuda"):
@@ -468,6 +492,10 @@ def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None)
     if threads is not None:
         torch.set_num_threads(threads)
     report = Report(device, torch.get_num_threads(), quick, _environment(device))
-    for name in SECTIONS:
+    from tqdm import tqdm
+
+    bar = tqdm(list(SECTIONS), desc="bench", unit="section", file=sys.stderr, disable=None if progress else True)
+    for name in bar:
+        bar.set_postfix_str(name)
         _run_section(name, report)
     return report
