@@ -204,8 +204,9 @@ def _head(draw, name: str, shape: Tuple[int, ...]) -> nn.Module:
     if name == "global_max_pool_keepdims":
         return tb.GlobalMaxPool2d(keepdims=True)
     if name == "pool_dense":
+        # DenseBN ends in ReLU then BN: a linear read-out keeps a small batch's output alive.
         return nn.Sequential(tb.GlobalAvgPool2d(), draw(st.sampled_from([
-            lambda: tb.Dense(c, 3, activation="tanh"), lambda: tb.DenseBN(c, 3)]))())
+            lambda: tb.Dense(c, 3, activation="tanh"), lambda: nn.Sequential(tb.DenseBN(c, 4), nn.Linear(4, 3))]))())
     if name == "view_linear":
         return ViewHead(c, h, w)
     return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 4), nn.BatchNorm1d(4))

@@ -1,7 +1,7 @@
-"""``optimize_for_inference``: every path against the eval-mode model, ``relu_plan``,
-``BlockedSeparable`` and what the returned ``InferenceModule`` accepts and refuses; BatchNorm
-statistics come from a real batch (``reliability_cases.calibrate``), and generated models
-(``generated_models``) check every path differentially against eager mode."""
+"""``optimize_for_inference``: every path against the eval-mode model and what the returned
+``InferenceModule`` accepts and refuses (the packed path's rewrites: ``test_packing.py``);
+BatchNorm statistics come from a real batch (``reliability_cases.calibrate``), and generated
+models (``generated_models``) check every path differentially against eager mode."""
 import copy
 import io
 import warnings
@@ -14,10 +14,9 @@ from hypothesis import given
 from torch import nn
 
 import torchblocks as tb
-from torchblocks import models
-from torchblocks import _onednn, inference
+from torchblocks import _onednn, _packing, inference
 from torchblocks._onednn import PackedConv2d
-from torchblocks.inference import _BLOCK_BYTES, BlockedSeparable, InferenceModule, inference_candidates, relu_plan
+from torchblocks.inference import InferenceModule, inference_candidates
 from generated_models import (
     ImageAndVector, SharedReLU, any_model, assert_sensitive, calibrate_pair, differential, tolerance,
 )
@@ -89,108 +88,6 @@ def test_optimize_for_inference_compiled_path(small_net):
 def _close(actual, expected, rtol=1e-5):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
 
-
-
-class ReluCases(nn.Module):
-    """One ReLU of each kind ``relu_plan`` tells apart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = tb.Conv2d(4, 4, 3, padding="same")
-        self.bn = nn.Identity()  # a folded BatchNorm: looked through
-        self.fused = nn.ReLU()  # only reader of the conv output: fused into the conv
-        self.other = tb.Conv2d(4, 4, 1)
-        self.inplace = nn.ReLU()  # only reader of a sum: in place
-        self.shared_input = nn.ReLU()  # its input feeds the sum too: left alone
-        self.last = tb.Conv2d(4, 4, 1)
-        self.fused_inplace = nn.ReLU(inplace=True)  # in place already, still fused
-        self.twice = nn.ReLU()  # called twice: left alone
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fused(self.bn(self.conv(x)))
-        s = self.other(y)
-        z = self.shared_input(s) + s
-        return self.twice(self.twice(self.fused_inplace(self.last(self.inplace(z + x)))))
-
-
-def test_relu_plan_fuses_or_runs_in_place_only_the_sole_readers():
-    assert relu_plan(ReluCases()) == ({"conv": "fused", "last": "fused_inplace"}, ["inplace"])
-    model, x = ReluCases().eval(), torch.randn(2, 4, 6, 6)
-    with torch.no_grad():
-        _close(tb.optimize_for_inference(model, x)(x), model(x), rtol=1e-4)
-
-
-def test_relu_plan_keeps_keras_shortcuts_reading_the_pre_relu_input():
-    # Keras' identity block: the shortcut reads x before the block's leading ReLU.
-    block = tb.Residual(_seq(nn.ReLU(), tb.SeparableConv2d(4, 4, 3, padding="same"), tb.BatchNorm(4), nn.ReLU()))
-    # The leading ReLU (l0) stays out of place; the last one, sole reader of the conv, is fused.
-    assert relu_plan(tb.fuse_bn(block)) == ({"body.l1.pointwise": "body.l3"}, [])
-
-
-@pytest.mark.parametrize("make", [
-    lambda: tb.SeparableConv2d(8, 12, 3, 1, "same"),
-    lambda: tb.SeparableConv2d(8, 12, 3, 2, "same", depth_multiplier=2, activation="relu6"),
-    lambda: tb.SeparableConv2d(8, 12, 5, 2, "valid", bias=False),
-])
-@pytest.mark.parametrize("batch", [2, 5])
-def test_blocked_separable_equals_the_layer_in_any_number_of_blocks(make, batch, monkeypatch):
-    torch.manual_seed(0)
-    layer = make().eval()
-    x = torch.randn(batch, 8, 13, 13)
-    monkeypatch.setattr(inference, "_BLOCK_BYTES", 1)  # one sample a block: the batch spans blocks
-    optimized = tb.optimize_for_inference(layer, x)
-    (blocked,) = [m for m in optimized.modules() if isinstance(m, BlockedSeparable)]
-    assert isinstance(blocked.pointwise, PackedConv2d)
-    with torch.no_grad():
-        expected = layer(x)
-        for block_bytes in (_BLOCK_BYTES, 1, 2 * x[0].numel() * 4):  # all, 1 or 2 samples per block
-            blocked.block_bytes = block_bytes
-            _close(optimized(x), expected)
-
-
-# model -> (input shape, convs, ReLUs fused into a conv, ReLUs in place, ReLUs left as they are).
-# Xception: 2 stem + 4 shortcut + 2 x 34 separable convs; the ReLU opening each of its 11
-# identity-shortcut blocks reads the shortcut's input and stays. ResNet-18: 17 + 3 shortcut convs;
-# each block's ReLU after the sum runs in place. A batch of 1 fits in one block: no BlockedSeparable.
-PACKED_MODELS = {
-    "xception": ((1, 3, 71, 71), 74, 24, 0, 11),
-    "resnet18": ((2, 3, 32, 32), 20, 9, 8, 0),
-}
-
-
-@pytest.mark.parametrize("name", [n for n in PACKED_MODELS if n in models.MODEL_NAMES])
-def test_default_path_packs_every_conv_of_the_models(name):
-    shape, convs, fused_relus, inplace_relus, kept_relus = PACKED_MODELS[name]
-    x = torch.randn(shape)
-    model = calibrate(models.get_model(name, num_classes=10), x)
-    optimized = tb.optimize_for_inference(model, x)
-    assert isinstance(optimized.module, torch.fx.GraphModule)  # flattened: intermediates freed early
-    kinds = [type(m) for m in optimized.modules()]
-    assert (kinds.count(PackedConv2d), kinds.count(BlockedSeparable)) == (convs, 0)
-    graph = optimized.module
-    called = [graph.get_submodule(n.target) for n in graph.graph.nodes if n.op == "call_module"]
-    assert not any(isinstance(m, nn.Identity) for m in called)  # folded BNs and fused ReLUs are gone
-    assert sum(m.relu for m in optimized.modules() if isinstance(m, PackedConv2d)) == fused_relus
-    relus = [m.inplace for m in optimized.modules() if isinstance(m, nn.ReLU)]
-    assert (relus.count(True), relus.count(False)) == (inplace_relus, kept_relus)
-    with torch.no_grad():
-        for inp in (x, x.contiguous(memory_format=torch.channels_last), torch.randn(shape)):
-            _close(optimized(inp), model(inp), rtol=1e-4)
-
-
-def test_separable_layers_whose_batch_spans_blocks_run_blocked_inside_a_network():
-    torch.manual_seed(0)
-    x = torch.randn(8, 16, 24, 24)  # 36 KiB a sample: 4 MiB blocks hold 113, so shrink the blocks below
-    net = _seq(tb.SeparableConv2d(16, 16, 3, padding="same"), tb.BatchNorm(16), nn.ReLU(),
-               tb.SeparableConv2d(16, 8, 3, 2, "valid"))
-    net = calibrate(net, x)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(inference, "_BLOCK_BYTES", 3 * 16 * 24 * 24 * 4)  # 3 samples a block
-        optimized = tb.optimize_for_inference(net, x)
-    blocked = [m for m in optimized.modules() if isinstance(m, BlockedSeparable)]
-    assert len(blocked) == 2 and blocked[0].pointwise.relu and not blocked[1].pointwise.relu
-    with torch.no_grad():
-        _close(optimized(x), net(x), rtol=1e-4)
 
 
 def test_default_path_copies_and_pickles_and_its_graph_scripts(small_net):
@@ -271,7 +168,8 @@ def test_inputs_of_any_rank_and_layout_dependent_code_work(name, method):
     assert actual.is_contiguous() and actual.shape == expected.shape
 
 
-def test_outputs_come_back_contiguous_as_in_eager_mode():
+def test_outputs_come_back_contiguous_as_in_eager_mode(monkeypatch):
+    monkeypatch.setattr(_packing, "MAX_EAGER_NUMEL", 0)  # pack this small model's convs too
     torch.manual_seed(0)
     x = torch.randn(2, 3, 9, 9)
     model = calibrate(nn.Sequential(tb.SeparableConv2d(3, 8, 3, padding="same"), tb.BatchNorm(8), nn.ReLU()), x)
@@ -352,14 +250,13 @@ def test_the_result_is_in_eval_mode_and_refuses_to_train(small_net):
         optimized.train()
 
 
-def test_shared_relus_are_neither_fused_nor_made_in_place_and_the_model_is_untouched():
+def test_a_shared_relu_module_is_left_untouched():
     x = torch.randn(2, 4, 6, 6)
     model = calibrate(SharedReLU(4), x)
-    assert relu_plan(tb.fuse_bn(model)) == ({}, [])
     optimized = tb.optimize_for_inference(model, x)
     with torch.no_grad():
         _close(optimized(x), model(x), rtol=1e-4)
-    assert not model.act.inplace
+    assert not model.act.inplace and type(model.act) is nn.ReLU
 
 
 def test_a_converted_keras_model_with_a_vector_input():
@@ -395,8 +292,11 @@ def _check_differential(generated, method):
 @given(generated=any_model())
 def test_default_path_differential(generated):
     """Generated models (shared modules, tied weights, branches, vector and image inputs, Conv1d/3d,
-    LeNet heads, every torchblocks layer) through the default path: exact to 1e-4, eager's layout."""
-    _check_differential(generated, "auto")
+    LeNet heads, every torchblocks layer) through the default path, every conv packed and every
+    fusion that applies made: exact to 1e-4, eager's layout."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_packing, "MAX_EAGER_NUMEL", 0)
+        _check_differential(generated, "auto")
 
 
 @differential(25)

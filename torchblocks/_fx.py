@@ -5,6 +5,7 @@ and traces through everything else, so a model's graph reads as the sequence of 
 ``record_shapes`` and ``guard_layouts`` are the graph passes the channels-last inference path
 needs to keep eager mode's memory formats where code depends on them.
 """
+import copy
 import operator
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -68,14 +69,36 @@ class _ShapeRecorder(torch.fx.Interpreter):
     def run_node(self, n: torch.fx.Node) -> Any:
         result = super().run_node(n)
         n.meta["shape"] = tuple(result.shape) if isinstance(result, Tensor) else None
+        n.meta["dtype"] = result.dtype if isinstance(result, Tensor) else None
         return result
 
 
+def _on_meta(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of ``module`` whose parameters and buffers are meta tensors (shapes, no data)."""
+    memo: Dict[int, Any] = {}
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    return copy.deepcopy(module, memo)
+
+
 def record_shapes(module: torch.fx.GraphModule, inputs: Tuple[Tensor, ...]) -> None:
-    """Run ``module`` on ``inputs`` and store each node's output shape in ``node.meta["shape"]``
-    (None where the node's value is not a tensor)."""
-    with torch.no_grad():
-        _ShapeRecorder(module).run(*inputs)
+    """Store each node's output shape and dtype in ``node.meta["shape"]`` and
+    ``node.meta["dtype"]`` (None where the value is not a tensor), running ``module`` on
+    ``inputs``: on the meta device, which computes shapes only, and where some op of the model
+    has no meta implementation, for real."""
+    try:
+        meta = _on_meta(module)
+        with torch.no_grad():
+            _ShapeRecorder(meta).run(*(x.to("meta") for x in inputs))
+    except Exception:  # an op without a meta kernel, or a tensor attribute left on the CPU
+        with torch.no_grad():
+            _ShapeRecorder(module).run(*inputs)
+        return
+    recorded = {n.name: n.meta for n in meta.graph.nodes}
+    for node in module.graph.nodes:
+        node.meta["shape"] = recorded[node.name].get("shape")
+        node.meta["dtype"] = recorded[node.name].get("dtype")
 
 
 def is_4d(node: Any) -> bool:

@@ -14,6 +14,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -444,10 +445,17 @@ def _rounds(quick: bool) -> Tuple[int, float]:
     return (2, 0.01) if quick else (15, 0.2)
 
 
+def _bench_compile(report: Report, quick: bool, rounds: int, min_run_time: float) -> None:
+    from .bench_compile import bench_compile
+
+    bench_compile(report, quick, rounds, min_run_time)
+
+
 SECTIONS: Dict[str, Callable[[Report, bool, int, float], None]] = {
     "layers": bench_layers,
     "separable": bench_separable_saving,
     "xception": bench_xception,
+    "compile": _bench_compile,
     "training": bench_training,
     "memory": lambda report, quick, rounds, min_run_time: bench_memory(report, quick),
 }
@@ -472,7 +480,11 @@ def _run_section(name: str, report: Report) -> None:
     """
     code = "from torchblocks.bench import _section_main; _section_main()"
     args = [name, report.device, "1" if report.quick else "0", str(report.threads)]
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600)
+    with tempfile.TemporaryDirectory(prefix="torchblocks-bench-") as cache:
+        # Inductor starts cold in every section: no compiled graph or kernel is reused between runs.
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+               "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or ["(no output)"]
         # The error's own line first: the command prints only the first line of a failure.
@@ -482,9 +494,19 @@ def _run_section(name: str, report: Report) -> None:
     report.skipped += data["skipped"]
 
 
-def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None, progress: bool = False) -> Report:
-    """Run every benchmark; ``quick`` shrinks sizes and repetitions. With ``progress``, a bar
-    on stderr counts the sections (only where stderr is a terminal)."""
+def run(
+    device: str = "cpu", quick: bool = False, threads: Optional[int] = None, progress: bool = False,
+    sections: Optional[List[str]] = None,
+) -> Report:
+    """Run every benchmark (or the ``sections`` named, keys of ``SECTIONS``); ``quick`` shrinks
+    sizes and repetitions. With ``progress``, a bar on stderr counts the sections (only where
+    stderr is a terminal)."""
+    names = list(SECTIONS) if sections is None else list(sections)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"Invalid value for argument `sections`. Expected names from {tuple(SECTIONS)}. Received sections={sections!r}."
+        )
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("Invalid value for argument `device`. CUDA is not available. Received device='cuda'.")
     if device not in ("cpu", "cuda"):
@@ -494,7 +516,7 @@ def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None,
     report = Report(device, torch.get_num_threads(), quick, _environment(device))
     from tqdm import tqdm
 
-    bar = tqdm(list(SECTIONS), desc="bench", unit="section", file=sys.stderr, disable=None if progress else True)
+    bar = tqdm(names, desc="bench", unit="section", file=sys.stderr, disable=None if progress else True)
     for name in bar:
         bar.set_postfix_str(name)
         _run_section(name, report)

@@ -9,35 +9,24 @@ intermediate after its last use. The other paths (frozen TorchScript, ``torch.co
 available by name; BENCHMARKS.md has the measured ratios between them. Whatever the path, the
 result is an ``InferenceModule``: no autograd, eager mode's memory formats, the example's dtypes.
 """
+import contextlib
 import copy
-import operator
 import warnings
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx
 from torch import Tensor, nn
-from torch.jit import Final
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _onednn
 from ._checks import ExampleInputs, as_input_tuple, check_module, first_line, verify
-from ._fx import LayerTracer, guard_layouts, real_users, record_shapes, set_submodule, trace_layers
+from ._fx import LayerTracer, guard_layouts, record_shapes
 from ._onednn import PackedConv2d
-from .conv import Conv2d, DepthwiseConv2d, SeparableConv2d
+from ._packing import BlockedSeparable, PackedTracer, pack_graph
 from .fusion import fuse_bn
-from .linear import Dense
-from .norm import BatchNorm
-from .pooling import AvgPool2d, MaxPool2d
 
-__all__ = [
-    "BlockedSeparable", "InferenceModule", "TOLERANCES", "inference_candidates", "optimize_for_inference",
-    "relu_plan",
-]
-
-# Largest input block BlockedSeparable runs its depthwise and pointwise convs on at once.
-_BLOCK_BYTES = 4 << 20
+__all__ = ["BlockedSeparable", "InferenceModule", "TOLERANCES", "inference_candidates", "optimize_for_inference"]
 
 # Tolerance of the build-time check against eager mode, by the output's dtype: an optimised path
 # may differ by atol + rtol * max|output| with rtol = atol = this value. Folding BN rounds the
@@ -52,194 +41,44 @@ TOLERANCES: Dict[torch.dtype, float] = {
 }
 
 
-def _samples_per_block(sample_bytes: int, block_bytes: int) -> int:
-    """How many samples of ``sample_bytes`` each a block of ``block_bytes`` holds (at least one)."""
-    return max(1, block_bytes // max(1, sample_bytes))
-
-
-class BlockedSeparable(nn.Module):
-    """Inference form of a ``SeparableConv2d``: its two convs run a few samples at a time.
-
-    (N, C_in, H, W) -> (N, C_out, H', W'). Run whole at a large batch, the depthwise output is one
-    buffer of tens of MiB that glibc returns to the kernel after each call and page-faults in again
-    on the next (BENCHMARKS.md has the measured cost). Here both convs run on blocks of samples whose
-    input is at most ``_BLOCK_BYTES``, so the depthwise
-    output stays in the last-level cache until the pointwise conv reads it, and is served from the
-    heap again on the next call; the block outputs are joined once. A batch that fits in one block
-    runs the two convs as they are.
-
-    Args:
-        layer: the ``SeparableConv2d``, its convs possibly packed already (used as they are).
-    """
-
-    has_activation: Final[bool]
-    block_bytes: Final[int]
-
-    def __init__(self, layer: SeparableConv2d) -> None:
-        super().__init__()
-        self.depthwise = layer.depthwise
-        self.pointwise = layer.pointwise
-        self.act = getattr(layer, "act", nn.Identity())
-        self.has_activation = layer.has_activation
-        self.block_bytes = _BLOCK_BYTES
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
-        n = x.shape[0]
-        step = _samples_per_block(x.numel() // max(1, n) * x.element_size(), self.block_bytes)
-        if n <= step:
-            y = self.pointwise(self.depthwise(x))
-        else:
-            y = torch.cat([self.pointwise(self.depthwise(x[i:i + step])) for i in range(0, n, step)])
-        if self.has_activation:
-            y = self.act(y)
-        return y
-
-
-class _PackedTracer(LayerTracer):
-    """A ``LayerTracer`` that also stops at the inference forms of the layers."""
-
-    leaf_types = LayerTracer.leaf_types + (PackedConv2d, BlockedSeparable)
-
-
-# Nodes whose output is a tensor of their own (not a view or the input itself), so that a ReLU that
-# is their only reader may overwrite it.
-_FRESH_OUTPUT_MODULES = (nn.Conv2d, nn.Linear, _BatchNorm, BatchNorm, MaxPool2d, AvgPool2d, Dense)
-_FRESH_OUTPUT_CALLS = (operator.add, torch.add)
-
-
-def _relu_source(node: torch.fx.Node, model: nn.Module) -> Optional[torch.fx.Node]:
-    """The node whose output ``node`` (a ReLU) would overwrite if made in-place, looking through
-    folded-BN ``nn.Identity`` nodes, or None where another node reads that output too."""
-    source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
-    while isinstance(source, torch.fx.Node) and len(real_users(source)) == 1:
-        if source.op == "call_module" and isinstance(model.get_submodule(source.target), nn.Identity):
-            source = source.args[0]
-            continue
-        return source
-    return None
-
-
-def _packable(module: nn.Module) -> bool:
-    return (
-        type(module) in (nn.Conv2d, Conv2d, DepthwiseConv2d)
-        and not getattr(module, "same_is_dynamic", False)
-        and not getattr(module, "has_activation", False)
-        and isinstance(module.padding, tuple)
-        and module.padding_mode == "zeros"
-        and module.weight.dtype == torch.float32
-        and module.weight.device.type == "cpu"
-    )
-
-
-def relu_plan(model: nn.Module) -> Tuple[Dict[str, str], List[str]]:
-    """Where ``optimize_for_inference`` fuses or runs ReLUs in place, by qualified name.
-
-    Returns ``({conv: relu}, [relu, ...])``. An ``nn.ReLU`` called once, whose input nothing else
-    reads (looking through ``nn.Identity``), is fused into the packable conv that produced it
-    (called once: a plain or torchblocks conv with static padding and no activation of its own,
-    e.g. the pointwise conv of a ``SeparableConv2d``), or else made in-place where that input is
-    a tensor of its own (a conv, dense, BN, pool or sum output). A ReLU whose input is also read
-    elsewhere, like a Keras block input that feeds the shortcut too, is left alone, and so is a
-    ReLU module called more than once (one module instance serves every call).
-    """
-    traced = trace_layers(model)
-    if traced is None:
-        return {}, []
-    graph, calls = traced
-    fused: Dict[str, str] = {}
-    inplace: List[str] = []
-    for node in graph.nodes:
-        if node.op != "call_module" or calls[node.target] != 1:
-            continue
-        relu = model.get_submodule(node.target)
-        source = _relu_source(node, model) if type(relu) is nn.ReLU else None
-        if source is None:
-            continue
-        if source.op == "call_module" and calls[source.target] == 1:
-            producer = model.get_submodule(source.target)
-            if _packable(producer):
-                fused[source.target] = node.target
-            elif isinstance(producer, _FRESH_OUTPUT_MODULES) and not relu.inplace:
-                inplace.append(node.target)
-        elif source.op == "call_function" and source.target in _FRESH_OUTPUT_CALLS and not relu.inplace:
-            inplace.append(node.target)
-    return fused, inplace
-
-
-def _input_sizes(model: nn.Module, inputs: Tuple[Tensor, ...]) -> Dict[str, List[int]]:
-    """The input shape each packable conv and each ``SeparableConv2d`` of ``model`` sees on
-    ``inputs`` (the last, if called several times)."""
-    sizes: Dict[str, List[int]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if _packable(module) or isinstance(module, SeparableConv2d):
-            def record(module: nn.Module, args: Tuple[Tensor, ...], name: str = name) -> None:
-                sizes[name] = list(args[0].shape)
-
-            handles.append(module.register_forward_pre_hook(record))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return sizes
-
-
-def _spans_blocks(input_size: Optional[List[int]]) -> bool:
-    """Whether a ``BlockedSeparable`` would run a float32 (N, C, H, W) input of this size in
-    several blocks."""
-    if input_size is None:
-        return False
-    sample_bytes = 4
-    for d in input_size[1:]:
-        sample_bytes *= d
-    return input_size[0] > _samples_per_block(sample_bytes, _BLOCK_BYTES)
-
-
-def _block_separables(model: nn.Module, sizes: Dict[str, List[int]]) -> None:
-    """Every ``SeparableConv2d`` of ``model`` whose example batch spans several blocks becomes a
-    ``BlockedSeparable`` (in place)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, SeparableConv2d) and _spans_blocks(sizes.get(name)):
-            set_submodule(model, name, BlockedSeparable(module))
-
-
-def pack_convs(
-    graph_module: torch.fx.GraphModule, sizes: Dict[str, List[int]], plan: Tuple[Dict[str, str], List[str]]
-) -> None:
-    """Pre-pack the convs of ``graph_module`` (changed in place) for oneDNN.
-
-    Every packable conv in ``sizes`` (qualified name -> the input size it sees) becomes a
-    ``PackedConv2d``, with the ReLU of ``plan`` (``relu_plan``) fused (that ReLU becomes
-    ``nn.Identity``); the other ReLUs of the plan run in place. Needs ``_onednn.available()``.
-    """
-    fused, inplace = plan
-    for name, size in sizes.items():
-        if not _packable(graph_module.get_submodule(name)):
-            continue  # a SeparableConv2d: its convs are packed by their own names
-        relu = fused.get(name)
-        set_submodule(graph_module, name, PackedConv2d(graph_module.get_submodule(name), size, relu=relu is not None))
-        if relu is not None:
-            set_submodule(graph_module, relu, nn.Identity())
-    for name in inplace:
-        graph_module.get_submodule(name).inplace = True
-
-
 def flatten(model: nn.Module, name: str) -> torch.fx.GraphModule:
     """``model`` as one ``torch.fx.GraphModule`` (class ``name``) over its layers. The generated
     forward drops each intermediate after its last use, where nested ``nn.Sequential`` calls keep
     every block input alive until the block returns, which raises the peak memory of a call
     (BENCHMARKS.md, "Peak memory")."""
-    return torch.fx.GraphModule(model, _PackedTracer().trace(model), class_name=name)
+    return torch.fx.GraphModule(model, PackedTracer().trace(model), class_name=name)
+
+
+# Modules that return their input in eval mode, and functions that do when called with
+# training=False (argument index of ``training``): torchvision's stochastic depth among them.
+_EVAL_IDENTITY_MODULES = (
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
+_EVAL_IDENTITY_FUNCTIONS = {
+    ("torch.nn.functional", "dropout"): 2, ("torch.nn.functional", "dropout1d"): 2,
+    ("torch.nn.functional", "dropout2d"): 2, ("torch.nn.functional", "dropout3d"): 2,
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"): 3,
+}
+
+
+def _is_eval_identity(node: torch.fx.Node, root: nn.Module) -> bool:
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(node.target), _EVAL_IDENTITY_MODULES)
+    if node.op != "call_function":
+        return False
+    index = _EVAL_IDENTITY_FUNCTIONS.get((getattr(node.target, "__module__", None), getattr(node.target, "__name__", None)))
+    if index is None:
+        return False
+    training = node.args[index] if len(node.args) > index else node.kwargs.get("training", True)
+    return training is False
 
 
 def _drop_identities(graph_module: torch.fx.GraphModule) -> None:
-    """Remove the calls of ``nn.Identity`` (folded BatchNorms, fused ReLUs) from the graph."""
+    """Remove the calls that return their input in an eval-mode model (``nn.Identity``, folded
+    BatchNorms among them; dropout; stochastic depth) from the graph."""
     graph = graph_module.graph
     for node in list(graph.nodes):
-        if node.op == "call_module" and isinstance(graph_module.get_submodule(node.target), nn.Identity):
+        if node.args and isinstance(node.args[0], torch.fx.Node) and _is_eval_identity(node, graph_module):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     graph_module.delete_all_unused_submodules()
@@ -269,8 +108,8 @@ def _channels_last(model: nn.Module, inputs: Tuple[Tensor, ...], pack: bool) -> 
     ``pack``; 4-D inputs are converted where a layer reads them, and code that may depend on the
     layout, and the outputs, see eager mode's contiguous tensors (``_fx.guard_layouts``).
 
-    Everything that runs the model (the conv input sizes, the shapes of the graph's values) runs
-    before any layout changes, with eager mode's semantics.
+    The shapes of the graph's values are recorded before any layout changes, with eager mode's
+    semantics; the rewrites read them instead of running the model again.
     """
     name = type(model).__name__
     if pack and not _onednn.available():
@@ -278,16 +117,13 @@ def _channels_last(model: nn.Module, inputs: Tuple[Tensor, ...], pack: bool) -> 
             f"optimize_for_inference: method {_PACKED!r} needs oneDNN weight packing, which is "
             f"unavailable here: {_onednn.unavailable_reason()}. Use method='auto' or {_FALLBACK!r}."
         )
-    if LayerTracer().is_leaf_module(model, "") or isinstance(model, SeparableConv2d):
+    if LayerTracer().is_leaf_module(model, ""):
         model = nn.Sequential(OrderedDict(layer=model))  # a root is traced through, a child is a node
-    plan = relu_plan(model) if pack else ({}, [])
-    sizes = _input_sizes(model, inputs) if pack else {}
-    _block_separables(model, sizes)
     graph_module = flatten(model, name)
+    _drop_identities(graph_module)
     record_shapes(graph_module, inputs)
     if pack:
-        pack_convs(graph_module, sizes, plan)
-    _drop_identities(graph_module)
+        pack_graph(graph_module)
     _weights_to_channels_last(graph_module)
     guard_layouts(graph_module.graph, _takes_any_layout(graph_module))
     graph_module.recompile()
@@ -308,14 +144,26 @@ def _compiled(model: nn.Module) -> nn.Module:
     return torch.compile(model, fullgraph=True, dynamic=False, options={"freezing": True})
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every submodule of ``model`` in eval mode for the block, then each one's own mode back."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
 def inference_candidates(model: nn.Module, inputs: Tuple[Tensor, ...]) -> Dict[str, Callable[[], nn.Module]]:
     """Builders of the inference paths ``optimize_for_inference`` chooses from, by name.
 
-    ``model`` must already be an eval-mode copy (the builders fold and convert copies of it);
-    ``inputs`` are the example inputs (the packed path records the size each conv sees).
+    Each builder works on an eval-mode copy of ``model`` (left untouched); ``inputs`` are the
+    example inputs (the channels-last paths record the shapes the model's values have on them).
     """
     return {
-        "eager": lambda: model,
+        "eager": lambda: copy.deepcopy(model).eval(),
         "fuse_bn": lambda: fuse_bn(model),
         "fuse_bn+channels_last": lambda: _channels_last(fuse_bn(model), inputs, pack=False),
         "fuse_bn+channels_last+packed": lambda: _channels_last(fuse_bn(model), inputs, pack=True),
@@ -454,17 +302,16 @@ def optimize_for_inference(
     check_module(model)
     inputs = as_input_tuple(example_inputs, "example_inputs")
     name = type(model).__name__
-    eager = copy.deepcopy(model).eval()
-    candidates = inference_candidates(eager, inputs)
+    candidates = inference_candidates(model, inputs)
     choice = _default_method() if method == "auto" else method
     if choice not in candidates:
         raise ValueError(
             f"Invalid value for argument `method`. Expected 'auto' or one of {tuple(candidates)}. "
             f"Received method={method!r}."
         )
-    with torch.no_grad():
+    with torch.no_grad(), _eval_mode(model):
         try:
-            expected = eager(*inputs)
+            expected = model(*inputs)
         except Exception as exc:
             raise ValueError(
                 f"optimize_for_inference: {name} fails on the example inputs in eager mode: {first_line(exc)}"
