@@ -6,7 +6,8 @@ batch (``reliability_cases.calibrate``), and its example inputs. Models mix ever
 torchblocks layer with plain torch layers and the awkward cases a rewrite can get wrong: a conv
 module called twice, a weight tied to a second conv, forward code that reads a conv's weight
 itself, a ReLU instance shared by two calls, BatchNorm on either axis, branches joined by a sum
-or a concatenation, a LeNet-style ``x.view(x.size(0), -1)`` head, vector inputs, ``Conv1d`` /
+or a concatenation, squeeze-excitation gates and inverted residual blocks (EfficientNet's and
+MobileNet's), a LeNet-style ``x.view(x.size(0), -1)`` head, vector inputs, ``Conv1d`` /
 ``Conv3d`` models and models that take an image and a vector.
 """
 from collections import OrderedDict
@@ -117,6 +118,19 @@ class Branches(nn.Module):
         return self.left(x) + self.right(x)
 
 
+class SqueezeExcitation(nn.Module):
+    """EfficientNet's gate: global pool, two 1x1 convs on one pixel, sigmoid, times the input."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce, self.expand = nn.Conv2d(c, 2, 1), nn.Conv2d(2, c, 1)
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.expand(self.act(self.reduce(self.pool(x))))) * x
+
+
 class ViewHead(nn.Module):
     """LeNet's head: ``x.view(x.size(0), -1)`` straight after a conv, then a linear layer."""
 
@@ -187,6 +201,11 @@ IMAGE_BLOCKS: Dict[str, Callable] = {
     "shared_relu": lambda d, c: SharedReLU(c),
     "bn_last_axis": lambda d, c: LastAxisBN(c),
     "branches": lambda d, c: Branches(c, d(st.sampled_from(["add", "cat"]))),
+    "squeeze_excitation": lambda d, c: SqueezeExcitation(c),
+    "mobile_block": lambda d, c: tb.Residual(nn.Sequential(
+        nn.Conv2d(c, 2 * c, 1, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU6(inplace=True),
+        nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c, bias=False), nn.BatchNorm2d(2 * c), nn.Hardswish(),
+        nn.Conv2d(2 * c, c, 1, bias=False), nn.BatchNorm2d(c), nn.Dropout(0.2))),
 }
 
 IMAGE_HEADS = ("feature_map", "global_max_pool_keepdims", "pool_dense", "view_linear", "flatten_dense_bn")

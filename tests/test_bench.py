@@ -9,7 +9,8 @@ import torch
 import torch.utils.benchmark
 
 from torchblocks import bench
-from torchblocks.bench import Case, peak_tensor_mib, time_pair
+from torchblocks.bench import Case, time_pair
+from torchblocks.bench_memory import peak_tensor_mib
 from torchblocks.cli import main
 
 CASE_FIELDS = {"name", "candidate", "reference", "candidate_ms", "reference_ms", "ratio", "target",
@@ -26,6 +27,8 @@ EXPECTED_CASES = (
     "Xception train step",
     "Xception inference peak tensor memory",
     "Xception inference peak RSS growth",
+    "SeparableConvNet 32² N=1 vs inductor",
+    "SeparableConvNet 32² N=1 build vs inductor",
 )
 
 
@@ -142,3 +145,10 @@ def test_bench_json_path_is_checked_before_the_run(path, match, tmp_path, capsys
     monkeypatch.setattr(bench, "run", no_run)
     assert main(["bench", "--json", path.format(tmp=tmp_path)]) == 1
     assert f"torchblocks bench: error: --json: Invalid value for argument `path`. {match}" in capsys.readouterr().err
+
+
+def test_the_command_offers_every_section():
+    # cli/bench.py names the sections without importing torch (for --help): the two lists agree.
+    from torchblocks.cli.bench import SECTION_NAMES
+
+    assert SECTION_NAMES == tuple(bench.SECTIONS)

@@ -14,7 +14,7 @@ from hypothesis import given
 from torch import nn
 
 import torchblocks as tb
-from torchblocks import _onednn, _packing, inference
+from torchblocks import _onednn, inference
 from torchblocks._onednn import PackedConv2d
 from torchblocks.inference import InferenceModule, inference_candidates
 from generated_models import (
@@ -168,8 +168,7 @@ def test_inputs_of_any_rank_and_layout_dependent_code_work(name, method):
     assert actual.is_contiguous() and actual.shape == expected.shape
 
 
-def test_outputs_come_back_contiguous_as_in_eager_mode(monkeypatch):
-    monkeypatch.setattr(_packing, "MAX_EAGER_NUMEL", 0)  # pack this small model's convs too
+def test_outputs_come_back_contiguous_as_in_eager_mode():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 9, 9)
     model = calibrate(nn.Sequential(tb.SeparableConv2d(3, 8, 3, padding="same"), tb.BatchNorm(8), nn.ReLU()), x)
@@ -292,11 +291,9 @@ def _check_differential(generated, method):
 @given(generated=any_model())
 def test_default_path_differential(generated):
     """Generated models (shared modules, tied weights, branches, vector and image inputs, Conv1d/3d,
-    LeNet heads, every torchblocks layer) through the default path, every conv packed and every
-    fusion that applies made: exact to 1e-4, eager's layout."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_packing, "MAX_EAGER_NUMEL", 0)
-        _check_differential(generated, "auto")
+    LeNet heads, squeeze-excitation, every torchblocks layer) through the default path: exact to
+    1e-4, eager's layout."""
+    _check_differential(generated, "auto")
 
 
 @differential(25)

@@ -2,6 +2,7 @@
 activations and residual sums they fold in, when a sum may overwrite its second operand, which
 ReLUs run in place, and ``BlockedSeparable``; each checked against the eager model, BatchNorm
 statistics from a real batch (``reliability_cases.calibrate``)."""
+import operator
 from collections import Counter, OrderedDict
 
 import pytest
@@ -12,7 +13,8 @@ from torch import nn
 import torchblocks as tb
 from torchblocks import _packing, models
 from torchblocks._onednn import PackedConv2d
-from torchblocks._packing import BLOCK_BYTES, BlockedSeparable
+from torchblocks._packing import BLOCK_BYTES, BlockedSeparable, PixelConv2d
+from generated_models import SqueezeExcitation
 from reliability_cases import calibrate
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.fixture(autouse=True)
 def pack_every_conv(monkeypatch):
     """Tiny test convs are not worth packing; pack them all to test the rewrites."""
-    monkeypatch.setattr(_packing, "MAX_EAGER_NUMEL", 0)
+    monkeypatch.setattr(_packing, "MAX_DENSE_PIXELS", 0)
 
 
 def _seq(*layers):
@@ -120,18 +122,56 @@ def test_a_sum_overwrites_its_other_operand_only_where_that_is_dead_and_no_view(
         _close(optimized(x), model(x))  # a second call reads no tensor the first one overwrote
 
 
-def test_1x1_convs_on_tiny_inputs_stay_eager(monkeypatch):
-    monkeypatch.setattr(_packing, "MAX_EAGER_NUMEL", 20480)
+def test_1x1_convs_on_single_pixels_run_as_matrix_products(monkeypatch):
+    monkeypatch.setattr(_packing, "MAX_DENSE_PIXELS", 1)
     torch.manual_seed(0)
-    x = torch.randn(1, 64, 24, 24)
-    # A squeeze-excitation-like 1x1 conv on 64 numbers stays eager; its ReLU then runs in place.
+    x = torch.randn(2, 64, 24, 24)
+    # A squeeze-excitation conv: 1x1 on one pixel. Its ReLU then runs in place.
     model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(64, 8, 1),
                           nn.ReLU()).eval()
     optimized = tb.optimize_for_inference(model, x)
     graph = optimized.module
     kinds = [type(graph.get_submodule(n.target)) for n in graph.graph.nodes if n.op == "call_module"]
-    assert kinds == [PackedConv2d, nn.AdaptiveAvgPool2d, nn.Conv2d]
+    assert kinds == [PackedConv2d, PixelConv2d]  # the pooling to one pixel is a mean
     assert _rewrites(optimized) == (Counter({("relu", "none"): 1}), 1, 0)
+    pixel = [m for m in optimized.modules() if isinstance(m, PixelConv2d)][0]
+    with torch.no_grad():
+        _close(optimized(x), model(x))
+        wide = torch.randn(2, 64, 3, 3)  # more than one pixel: the conv itself runs
+        _close(pixel(wide), model[3](wide))
+
+
+def test_squeeze_excitation_scales_its_input_in_place_and_pools_with_a_mean():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    se = SqueezeExcitation(4)
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), se, nn.Conv2d(4, 4, 1)).eval()
+    optimized = tb.optimize_for_inference(model, x)
+    calls = [(n.op, n.target) for n in optimized.module.graph.nodes if n.op in ("call_method", "call_function")]
+    # The conv output is read by the pooling first, then scaled in place: its last use.
+    assert ("call_method", "mean") in calls and ("call_method", "mul_") in calls
+    assert not any(target is operator.mul for _, target in calls)
+    with torch.no_grad():
+        _close(optimized(x), model(x))
+
+
+def test_a_product_read_again_later_is_not_computed_in_place():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6)
+
+    class Reused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y * torch.sigmoid(y.mean((2, 3), keepdim=True)) + y
+
+    model = Reused().eval()
+    optimized = tb.optimize_for_inference(model, x)
+    calls = [n.target for n in optimized.module.graph.nodes if n.op == "call_method"]
+    assert "mul_" not in calls
     with torch.no_grad():
         _close(optimized(x), model(x))
 

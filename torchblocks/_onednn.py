@@ -144,13 +144,13 @@ def _reorder(
 
 
 # TorchScript cannot pass a typed list to the op's Scalar?[] argument: scripted callers call
-# back into Python here.
+# back into Python here. Each calls its overload directly, without matching the op's schemas.
 @torch.jit.ignore
 def _conv(
     x: Tensor, packed: Tensor, bias: Tensor, padding: List[int], stride: List[int], dilation: List[int],
     groups: int, act: str, scalars: List[float], algorithm: str,
 ) -> Tensor:
-    return torch.ops.mkldnn._convolution_pointwise(
+    return torch.ops.mkldnn._convolution_pointwise.default(
         x, packed, bias, padding, stride, dilation, groups, act, scalars, algorithm
     )
 
@@ -161,7 +161,7 @@ def _conv_add(
     dilation: List[int], groups: int, act: str, scalars: List[float], algorithm: str,
 ) -> Tensor:
     """act(conv(x) + other), in a new tensor."""
-    return torch.ops.mkldnn._convolution_pointwise(
+    return torch.ops.mkldnn._convolution_pointwise.binary(
         x, other, packed, bias, padding, stride, dilation, groups, "add", 1.0,
         None if act == "none" else act, scalars, None if act == "none" else algorithm,
     )
@@ -173,7 +173,7 @@ def _conv_add_(
     dilation: List[int], groups: int, act: str, scalars: List[float], algorithm: str,
 ) -> Tensor:
     """act(conv(x) + other), written into ``other`` (oneDNN's sum post-op) and returned."""
-    return torch.ops.mkldnn._convolution_pointwise_(
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
         other, x, packed, bias, padding, stride, dilation, groups, "add", 1.0,
         None if act == "none" else act, scalars, None if act == "none" else algorithm,
     )

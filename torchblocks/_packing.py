@@ -11,9 +11,8 @@ fold what follows it, one call site at a time (a module called twice, like torch
   new tensor;
 - every other ReLU whose input nothing else reads runs in place.
 
-A 1×1 conv on an input too small for oneDNN's fixed cost per call (about 0.1-0.3 ms; the
-squeeze-excitation convs of EfficientNet, on one pixel) stays an eager ``nn.Conv2d``, which runs
-such convs without oneDNN, as PyTorch itself chooses.
+A 1×1 conv on a single pixel (the squeeze-excitation convs of EfficientNet) is a dense layer:
+it becomes a ``PixelConv2d``, a matrix product without oneDNN's fixed cost per call.
 """
 import operator
 from typing import Dict, List, Optional, Tuple
@@ -33,16 +32,15 @@ from .linear import Dense
 from .norm import BatchNorm
 from .pooling import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 
-__all__ = ["BlockedSeparable", "pack_graph"]
+__all__ = ["BlockedSeparable", "PixelConv2d", "pack_graph"]
 
 # Largest input block BlockedSeparable runs its depthwise and pointwise convs on at once.
 BLOCK_BYTES = 4 << 20
 
-# Elements of the input at or below which a 1x1 conv (groups 1) stays eager: PyTorch's own limit
-# for sending such a conv to its native GEMM path instead of oneDNN. Measured on EfficientNet-B0's
-# squeeze-excitation convs (one pixel, 4 to 1152 channels): 10-80 us eager, 150-320 us packed, at
-# 1 and 2 threads (BENCHMARKS.md).
-MAX_EAGER_NUMEL = 20480
+# Pixels (H * W) of the input at or below which a 1x1 conv becomes a ``PixelConv2d``. Measured on
+# EfficientNet-B0's squeeze-excitation convs (one pixel, 4 to 1152 channels, batch 1): 10-80 us as
+# a matrix product, 150-320 us as a packed oneDNN conv, at 1 and 2 threads (BENCHMARKS.md).
+MAX_DENSE_PIXELS = 1
 
 
 def samples_per_block(sample_bytes: int, block_bytes: int) -> int:
@@ -92,12 +90,6 @@ def spans_blocks(input_size: Optional[List[int]]) -> bool:
     for d in input_size[1:]:
         sample_bytes *= d
     return input_size[0] > samples_per_block(sample_bytes, BLOCK_BYTES)
-
-
-class PackedTracer(LayerTracer):
-    """A ``LayerTracer`` that also stops at the inference forms of the layers."""
-
-    leaf_types = LayerTracer.leaf_types + (PackedConv2d, BlockedSeparable)
 
 
 # Activation modules and functions a packed conv fuses, by the oneDNN post-op they become.
@@ -164,22 +156,51 @@ def packable(module: nn.Module) -> bool:
     )
 
 
-def worth_packing(conv: nn.Conv2d, input_shape: Tuple[int, ...]) -> bool:
-    """Whether oneDNN's packed call beats the eager conv: all but 1x1 convs on tiny inputs."""
-    numel = 1
-    for d in input_shape:
-        numel *= d
-    return not (conv.kernel_size == (1, 1) and conv.groups == 1 and numel <= MAX_EAGER_NUMEL)
+def is_pixel_conv(conv: nn.Conv2d, input_shape: Tuple[int, ...]) -> bool:
+    """A 1x1 conv (groups 1, no padding, no activation of its own) on at most
+    ``MAX_DENSE_PIXELS`` pixels: a dense layer over the channels."""
+    return (
+        conv.kernel_size == (1, 1) and conv.groups == 1 and tuple(conv.padding) == (0, 0)
+        and input_shape[2] * input_shape[3] <= MAX_DENSE_PIXELS and not getattr(conv, "has_activation", False)
+    )
+
+
+class PixelConv2d(nn.Module):
+    """Inference form of a 1x1 conv on single pixels: (N, C_in, 1, 1) -> (N, C_out, 1, 1) as one
+    matrix product (``F.linear``), which costs a tenth of a oneDNN call at this size. Inputs of
+    more pixels run the conv as it is.
+
+    Args:
+        conv: the 1x1 conv (copied, left untouched).
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.register_buffer("matrix", conv.weight.detach().reshape(conv.out_channels, conv.in_channels).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C_in, H, W) -> (N, C_out, H', W')."""
+        if x.dim() == 4 and x.shape[2] == 1 and x.shape[3] == 1:
+            return F.linear(x.reshape(x.shape[0], -1), self.matrix, self.conv.bias).reshape(x.shape[0], -1, 1, 1)
+        return self.conv(x)
+
+
+class PackedTracer(LayerTracer):
+    """A ``LayerTracer`` that also stops at the inference forms of the layers."""
+
+    leaf_types = LayerTracer.leaf_types + (PackedConv2d, BlockedSeparable, PixelConv2d)
 
 
 # Readers that make a tensor of their own from their input (never a view or the input itself):
 # once they have run, the input's memory may be overwritten.
 _COPYING_MODULES = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, PackedConv2d, BlockedSeparable, nn.Linear, Dense, _BatchNorm, BatchNorm,
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, PackedConv2d, PixelConv2d, BlockedSeparable, nn.Linear, Dense, _BatchNorm, BatchNorm,
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, GlobalAvgPool2d, GlobalMaxPool2d,
     MaxPool2d, AvgPool2d,
 )
 _COPYING_FUNCTIONS = (operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.cat)
+_COPYING_METHODS = ("mean", "sum", "add", "mul", "sub")
 
 
 def _copies(node: torch.fx.Node, root: nn.Module) -> bool:
@@ -189,6 +210,8 @@ def _copies(node: torch.fx.Node, root: nn.Module) -> bool:
         if isinstance(module, _COPYING_MODULES):
             return True  # a PackedConv2d summing into its second input returns that, now dead
         return type(module) in _ACTIVATION_MODULES and not getattr(module, "inplace", False)
+    if node.op == "call_method":
+        return node.target in _COPYING_METHODS
     return node.op == "call_function" and node.target in _COPYING_FUNCTIONS
 
 
@@ -248,7 +271,10 @@ class _Packer:
         conv = self.root.get_submodule(node.target)
         shape = node.meta.get("shape")
         size = node.args[0].meta.get("shape") if isinstance(node.args[0], torch.fx.Node) else None
-        if shape is None or size is None or len(size) != 4 or not worth_packing(conv, size):
+        if shape is None or size is None or len(size) != 4:
+            return
+        if is_pixel_conv(conv, size):
+            self._install(node, PixelConv2d(conv))
             return
         _, act = _own_activation(conv)
         residual = "none"
@@ -312,6 +338,38 @@ class _Packer:
         self.graph.erase_node(node)
         return True
 
+    def elementwise_in_place(self, node: torch.fx.Node) -> None:
+        """A sum or product of two tensors whose result has the shape and dtype of an operand
+        that is a tensor of its own and dead after it (EfficientNet's ``scale * x``) is computed
+        into that operand (``x.mul_(scale)``): no new tensor of the feature map's size."""
+        if not (node.op == "call_function" and node.target in _IN_PLACE_METHODS and len(node.args) == 2
+                and not node.kwargs):
+            return
+        for target, other in (node.args, node.args[::-1]):
+            if (isinstance(target, torch.fx.Node) and target is not other
+                    and target.meta.get("shape") == node.meta.get("shape") is not None
+                    and target.meta.get("dtype") == node.meta.get("dtype")
+                    and _overwritable(target, node, node, self.root)):
+                with self.graph.inserting_before(node):
+                    in_place = self.graph.call_method(_IN_PLACE_METHODS[node.target], (target, other))
+                in_place.meta = dict(node.meta)
+                self._fold(in_place, node)
+                return
+
+    def mean_pool(self, node: torch.fx.Node) -> None:
+        """Global average pooling to one pixel as ``x.mean((-2, -1), keepdim=True)``: the same
+        sums, without the general adaptive pooling's extra passes."""
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            return
+        module = self.root.get_submodule(node.target)
+        shape = node.args[0].meta.get("shape") if isinstance(node.args[0], torch.fx.Node) else None
+        if type(module) is not nn.AdaptiveAvgPool2d or module.output_size not in (1, (1, 1)) or len(shape or ()) != 4:
+            return
+        with self.graph.inserting_before(node):
+            mean = self.graph.call_method("mean", (node.args[0], (-2, -1)), {"keepdim": True})
+        mean.meta = dict(node.meta)
+        self._fold(mean, node)
+
     def relu_in_place(self, node: torch.fx.Node) -> None:
         """A ReLU call whose input is a tensor of its own that nothing else reads runs in place."""
         if _activation_of(node, self.root) != Activation("relu"):
@@ -327,6 +385,9 @@ class _Packer:
         self._fold(in_place, node)
 
 
+_IN_PLACE_METHODS = {operator.add: "add_", torch.add: "add_", operator.mul: "mul_", torch.mul: "mul_"}
+
+
 def pack_graph(graph_module: torch.fx.GraphModule) -> None:
     """Rewrite the flat ``graph_module`` (``_fx.record_shapes`` has run) for oneDNN, in place.
     Needs ``_onednn.available()``."""
@@ -340,5 +401,9 @@ def pack_graph(graph_module: torch.fx.GraphModule) -> None:
         if packable(module):
             packer.conv(node)
     for node in list(packer.graph.nodes):
+        packer.mean_pool(node)
+    for node in list(packer.graph.nodes):
         packer.relu_in_place(node)
+    for node in list(packer.graph.nodes):
+        packer.elementwise_in_place(node)
     graph_module.delete_all_unused_submodules()

@@ -83,6 +83,7 @@ def bench_compile(report: Report, quick: bool, rounds: int, min_run_time: float)
     if report.device != "cpu":
         report.skipped.append("optimize_for_inference vs torch.compile: measured on CPU only")
         return
+    control = True
     for name, size, make in QUICK_MODELS if quick else MODELS:
         torch.manual_seed(0)
         model = statistics_from_a_batch(make(), torch.randn(4, 3, size, size))
@@ -95,8 +96,16 @@ def bench_compile(report: Report, quick: bool, rounds: int, min_run_time: float)
             theirs, theirs_s = _timed(lambda: _inductor(model, x))
             with torch.no_grad():
                 errors = [float((run() - expected).abs().max()) for run in (ours, theirs)]
-            a, b, ratio = time_pair(ours, theirs, rounds, min_run_time, report.device)
             case = f"{name} {size}² N={batch}"
+            if control:
+                # A/A: the optimised model against itself; abs(ratio - 1) is this section's noise.
+                a, b, ratio = time_pair(ours, ours, rounds, min_run_time, report.device)
+                report.cases.append(Case(
+                    f"A/A control {case}", "tb.optimize_for_inference", "the same module", a, b, ratio,
+                    note="the same work on both sides: abs(ratio - 1) is the noise of this section",
+                ))
+                control = False
+            a, b, ratio = time_pair(ours, theirs, rounds, min_run_time, report.device)
             report.cases.append(Case(
                 f"{case} vs inductor", "tb.optimize_for_inference", "torch.compile(freezing) channels_last",
                 a, b, ratio, 1.00,
