@@ -306,3 +306,29 @@ def test_unpacked_channels_last_path_differential(generated):
 def test_frozen_torchscript_paths_differential(method):
     # Scripting and freezing take about half a second a model: a few examples each.
     given(generated=any_model())(differential(5)(lambda generated: _check_differential(generated, method)))()
+
+
+class EvalNoOps(nn.Module):
+    """Calls that return their input in eval mode: dropout modules and functions, torchvision's
+    stochastic depth (EfficientNet's residual branches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.drop = nn.Dropout2d(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import stochastic_depth
+
+        y = stochastic_depth(self.drop(self.conv(x)), 0.2, "row", self.training)
+        return F.dropout(y, 0.5, self.training) + x
+
+
+def test_calls_that_do_nothing_in_eval_mode_leave_the_graph():
+    x = torch.randn(2, 3, 8, 8)
+    model = EvalNoOps().eval()
+    optimized = tb.optimize_for_inference(model, x)
+    graph = optimized.module.graph
+    assert [n.op for n in graph.nodes if n.op not in ("placeholder", "output")] == ["call_module", "call_method"]
+    with torch.no_grad():
+        _close(optimized(x), model(x), rtol=1e-4)

@@ -9,10 +9,14 @@ fold what follows it, one call site at a time (a module called twice, like torch
 - a residual sum ``conv(x) + other`` (then a ReLU) becomes oneDNN's sum post-op, written into
   ``other``'s memory where this is ``other``'s last use and nothing else aliases it, else into a
   new tensor;
-- every other ReLU whose input nothing else reads runs in place.
+- every other ReLU whose input nothing else reads runs in place, and so does a sum or product
+  whose result has the shape of an operand that is dead after it (EfficientNet's ``scale * x``).
 
-A 1×1 conv on a single pixel (the squeeze-excitation convs of EfficientNet) is a dense layer:
-it becomes a ``PixelConv2d``, a matrix product without oneDNN's fixed cost per call.
+A depthwise conv read only by a 1×1 conv becomes a ``BlockedSeparable`` where the example batch
+spans several cache-sized blocks. A 1×1 conv on a single pixel (the squeeze-excitation convs of
+EfficientNet) is a dense layer: it becomes a ``PixelConv2d``, a matrix product without oneDNN's
+fixed cost per call; global average pooling to one pixel becomes a ``mean``. Every rewrite reads
+the shapes ``_fx.record_shapes`` recorded and never changes a module another call site uses.
 """
 import operator
 from typing import Dict, List, Optional, Tuple
@@ -111,7 +115,6 @@ _ACTIVATION_FUNCTIONS = {
     torch.tanh: Activation("tanh"), F.hardswish: Activation("hardswish"), F.hardsigmoid: Activation("hardsigmoid"),
 }
 _ACTIVATION_METHODS = {"relu": Activation("relu"), "sigmoid": Activation("sigmoid"), "tanh": Activation("tanh")}
-_RELUS = (F.relu, torch.relu)
 # Keyword arguments that leave an activation function's value unchanged.
 _HARMLESS_KWARGS = {"inplace"}
 

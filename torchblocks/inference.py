@@ -1,13 +1,12 @@
 """``optimize_for_inference``: the fastest exact CPU inference path for a model.
 
-On an eval-mode copy: BatchNorm folded into the convolutions (``fuse_bn``), channels-last memory,
-every conv pre-packed for oneDNN with a ReLU that only reads its output fused in
-(``_onednn.PackedConv2d``; ``relu_plan`` decides which), the other sole-reader ReLUs in place, a
-``SeparableConv2d`` whose example batch spans several cache-sized blocks run a block at a time
-(``BlockedSeparable``), and the whole flattened into one ``torch.fx.GraphModule`` that frees each
-intermediate after its last use. The other paths (frozen TorchScript, ``torch.compile``) are
-available by name; BENCHMARKS.md has the measured ratios between them. Whatever the path, the
-result is an ``InferenceModule``: no autograd, eager mode's memory formats, the example's dtypes.
+On an eval-mode copy: BatchNorm folded into the convolutions (``fuse_bn``), the model flattened
+into one ``torch.fx.GraphModule`` that frees each intermediate after its last use, 4-D tensors
+channels-last, and every conv call pre-packed for oneDNN with the activation and residual sum
+after it fused in (``_packing.pack_graph``, ``_onednn.PackedConv2d``). The other paths (frozen
+TorchScript, ``torch.compile``) are available by name; BENCHMARKS.md has the measured ratios
+between them. Whatever the path, the result is an ``InferenceModule``: no autograd, eager
+mode's memory formats, the example's dtypes.
 """
 import contextlib
 import copy
@@ -272,20 +271,26 @@ def optimize_for_inference(
     """The fastest exact CPU inference path for ``model``, checked against eager mode.
 
     ``"auto"`` is ``"fuse_bn+channels_last+packed"`` (where oneDNN weight packing works in this
-    torch build; else ``"fuse_bn+channels_last"``, with a ``RuntimeWarning``), in eager mode: BatchNorm folded into the
-    convs (``fuse_bn``), 4-D tensors channels-last, every float32 ``Conv2d`` a ``PackedConv2d``
-    (weight pre-packed for oneDNN for the example input's size, a ReLU that only reads its output
-    fused in), the other sole-reader ReLUs in place, a ``SeparableConv2d`` whose example batch
-    spans several cache-sized blocks a ``BlockedSeparable``, and the whole flattened into one
-    ``torch.fx.GraphModule`` that frees each intermediate after its last use. Inputs of any rank
-    work (vectors, ``Conv1d``/``Conv3d`` models, images with vectors: channels-last applies to
-    the 4-D ones); code that depends on the layout (``x.view(x.size(0), -1)``) and the outputs
-    see eager mode's contiguous tensors. BENCHMARKS.md compares the methods by measurement.
-    Inputs of any batch and size work with every method but ``"compile"`` (recompiles per shape);
-    the packed layout is chosen for the example's size. No rewrite changes what another caller
-    shares: a weight tied to another module is folded into a private copy (``fuse_bn``), and a
-    conv or ReLU module called more than once gets no fused or in-place ReLU. The result is for
-    serving in this process: export the model itself (``tb.export``), not the optimised copy.
+    torch build; else ``"fuse_bn+channels_last"``, with a ``RuntimeWarning``), in eager mode:
+    BatchNorm folded into the convs (``fuse_bn``), the model flattened into one
+    ``torch.fx.GraphModule`` that frees each intermediate after its last use, 4-D tensors
+    channels-last, and every float32 ``Conv2d`` call a ``PackedConv2d`` (weight pre-packed for
+    oneDNN for the example input's size) into which the activation that only reads its output
+    (ReLU, ReLU6, SiLU, sigmoid, Hardswish, GELU, ...) and a residual sum after it are fused as
+    oneDNN post-ops; a sum whose other operand is dead afterwards is written into that operand.
+    The other sole-reader ReLUs, sums and products run in place; 1×1 convs on one pixel
+    (squeeze-excitation) run as matrix products; a depthwise conv read only by a 1×1 conv runs a
+    cache-sized block of samples at a time (``BlockedSeparable``) where the batch is large.
+    Inputs of any rank work (vectors, ``Conv1d``/``Conv3d`` models, images with vectors:
+    channels-last applies to the 4-D ones); code that depends on the layout
+    (``x.view(x.size(0), -1)``) and the outputs see eager mode's contiguous tensors. Inputs of
+    any batch and size work with every method but ``"compile"`` (recompiles per shape); the
+    packed layout is chosen for the example's size. No rewrite changes what another caller
+    shares: a weight tied to another module is folded into a private copy (``fuse_bn``), and
+    fusions apply per call site, leaving a module called several times (torchvision's one ReLU
+    per ResNet block) as it is. BENCHMARKS.md compares the methods, and this path with
+    ``torch.compile``, by measurement. The result is for serving in this process: export the
+    model itself (``tb.export``), not the optimised copy.
 
     Args:
         model: the module (left untouched; an eval-mode copy is optimised); ``torch.fx``-traceable
