@@ -106,8 +106,8 @@ def has_batchnorm(module: nn.Module) -> bool:
 def calibrate_batchnorm(model: nn.Module, shape, batch: int = 8) -> nn.Module:
     """Set every BatchNorm's running statistics to those of one real batch, then eval mode.
 
-    With random init and default buffers (0, 1) a deep model's output hardly depends on its input
-    (DESIGN.md); batch statistics keep the signal. Momentum None with a fresh counter is a plain
+    With random init and default buffers (0, 1) a deep model's output hardly depends on its input;
+    batch statistics keep the signal. Momentum None with a fresh counter is a plain
     average over the one batch seen.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

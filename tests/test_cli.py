@@ -92,7 +92,7 @@ def book_model(conv):
 ROW_KEYS = {
     "name", "counterpart", "input_shape", "params", "counterpart_params", "params_ratio", "macs",
     "counterpart_macs", "flops", "counterpart_flops", "macs_ratio", "theoretical_ratio",
-    "latency_ms", "counterpart_latency_ms", "speedup",
+    "latency_ms", "counterpart_latency_ms", "time_ratio", "replaced", "note",
 }
 
 
@@ -143,7 +143,7 @@ def test_default_run_json_schema_values_and_no_warnings(default_run):
 
 
 FORMAT_CHECKS = {
-    "text": ("MACs separable", "38,949", "21.2M", "164M", "FLOPs = 2 x MACs"),
+    "text": ("MACs sep", "38,949", "21.2M", "164M", "FLOPs = 2 x MACs"),
     "markdown": ("| model | input |", "| SeparableConvNet | 1x3x64x64 |", "---:"),
     "csv": ("section,name,counterpart,input_shape,params,", "model,SeparableConvNet,standard_counterpart,"
             "1x3x64x64,38949,282282,"),
@@ -182,7 +182,7 @@ def test_compare_latency_and_plot(tmp_path):
                                   "--kernel-sizes", "3", "--input-size", "3", "16", "16",
                                   "--latency", "--repeats", "3", "--plot", str(path)])
     assert status == 0, err
-    assert "ms separable" in out and "speed-up" in out
+    assert "ms sep" in out and "time sep/std" in out and "speed-up" not in out
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE
     import matplotlib.image
@@ -190,6 +190,26 @@ def test_compare_latency_and_plot(tmp_path):
     image = matplotlib.image.imread(str(path))
     assert image.shape == (400, 1000, 4)  # figsize (10, 4) at 100 dpi, RGBA
     assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_version_and_help_texts():
+    status, out, err, _, _ = run(["--version"])
+    assert (status, out, err) == (0, f"torchblocks {tb.__version__}\n", "")
+    for argv in (["--help"], ["compare", "--help"], ["summary", "--help"]):
+        status, out, _, _, _ = run(argv)
+        assert status == 0 and out.startswith("usage: torchblocks")
+        assert "``" not in out and ":mod:" not in out  # no raw reStructuredText
+
+
+def test_summary_of_a_model_of_ones_own(tmp_path, monkeypatch):
+    (tmp_path / "user_nets.py").write_text(
+        "import torchblocks as tb\n\ndef build():\n    return tb.SeparableConv2d(3, 8, 3)\n")
+    monkeypatch.chdir(tmp_path)
+    status, out, err, _, _ = run(["summary", "user_nets:build", "--input-size", "3", "10", "10"])
+    assert status == 0, err
+    assert 'Model: "SeparableConv2d", input (1, 3, 10, 10)' in out and "Total params: 59" in out
+    status, out, err, _, _ = run(["summary", "user_nets:build"])
+    assert status == 2 and "user_nets:build: give its input size with --input-size C H W" in err
 
 
 def test_summary_command_text_and_json():

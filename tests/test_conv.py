@@ -392,3 +392,40 @@ def test_conv_layers_script_and_round_trip(make):
     # Two input sizes: a dynamic 'same' pad must not be frozen at the first size.
     check_scripted(make(), (torch.randn(2, 3, 9, 10),))
     check_scripted(make(), (torch.randn(1, 3, 8, 7),))
+
+
+# --- dtypes: a mismatch names the layer and both dtypes; torch.autocast still casts inside --------
+
+DTYPE_CONVS = [
+    pytest.param("Conv2d", lambda: tb.Conv2d(3, 4, 3, padding="same"), id="conv-static"),
+    pytest.param("Conv2d", lambda: tb.Conv2d(3, 4, 3, 2, "same", activation="relu"), id="conv-dynamic"),
+    pytest.param("DepthwiseConv2d", lambda: tb.DepthwiseConv2d(3, 3, depth_multiplier=2), id="depthwise"),
+    pytest.param("SeparableConv2d", lambda: tb.SeparableConv2d(3, 4, 3, 2, "same"), id="separable"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("name, make", DTYPE_CONVS)
+def test_dtype_mismatch_names_the_layer_and_both_dtypes(name, make, dtype):
+    message = rf"{name} received a {dtype} input but its parameters are torch.float32 \(torch: .*layer.to\({dtype}\)"
+    with pytest.raises(TypeError, match=message):
+        make()(torch.randn(2, 3, 8, 8, dtype=dtype))
+
+
+@pytest.mark.parametrize("name, make", DTYPE_CONVS)
+def test_integer_input_is_refused_with_a_cast_to_suggest(name, make):
+    with pytest.raises(TypeError, match=rf"{name} received a torch.int64 input.*Cast the input with x.to\(torch.float32\)\.$"):
+        make()(torch.ones(2, 3, 8, 8, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("name, make", DTYPE_CONVS)
+def test_autocast_still_casts_inside_the_op(name, make):
+    layer = make()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = [layer(x), layer(x.bfloat16())]
+    for y in outputs:
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), expected, rtol=0.05, atol=0.05)

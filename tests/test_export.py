@@ -44,6 +44,7 @@ LAYER_CASES: Dict[str, Case] = {
     "Projection": (lambda: tb.Projection(4, 8, stride=2, norm=True), (2, 4, 9, 9)),
     "Residual": (lambda: tb.Residual(tb.SeparableConv2d(4, 4, 3, padding="same")), (2, 4, 7, 7)),
     "SeparableConv2d": (lambda: tb.SeparableConv2d(4, 8, 5, stride=2, padding="same"), (2, 4, 10, 10)),
+    "SyncBatchNorm": (lambda: tb.SyncBatchNorm(4, axis=-1), (2, 5, 6, 4)),
 }
 
 # Small inputs (the models' minimum sizes) and few classes keep every export cheap.

@@ -69,3 +69,17 @@ def test_dense_forward_names_expected_and_actual_shapes():
 @pytest.mark.parametrize("activation", [None, "relu", "softmax"])
 def test_dense_scripts_and_round_trips(activation):
     check_scripted(tb.Dense(6, 4, activation=activation), (torch.randn(5, 6),))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.int64])
+def test_dense_dtype_mismatch_names_the_layer_and_both_dtypes(dtype):
+    with pytest.raises(TypeError, match=rf"Dense received a {dtype} input but its parameters are torch.float32"):
+        tb.Dense(6, 4, activation="relu")(torch.ones(5, 6, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tb.Dense(6, 4)(torch.ones(5, 6, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_dense_is_a_leaf_with_its_activation_in_the_repr():
+    dense = tb.Dense(6, 4, activation="softmax")
+    assert list(dense.children()) == []
+    assert repr(dense) == "Dense(in_features=6, out_features=4, bias=True, activation='softmax')"

@@ -1,7 +1,10 @@
 """Keras padding arithmetic (pure functions), checked against the definition of 'same'."""
 import math
+import warnings
 
 import pytest
+import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,8 +12,11 @@ from torchblocks.padding import (
     is_static_same,
     normalize_padding,
     output_size,
-    same_pad_list,
+    pad_same,
+    same_pad_table,
     same_padding,
+    same_pool_padding,
+    same_pool_plan,
     to_pair,
 )
 
@@ -60,9 +66,61 @@ def test_same_padding_known_values():
     assert same_padding(2, 5, 3) == (1, 2)
 
 
-def test_same_pad_list_is_left_right_top_bottom():
-    # H=6 (k=3, s=2: (0, 1)) and W=5 (k=4, s=1: (1, 2)).
-    assert same_pad_list(6, 5, (3, 4), (2, 1), (1, 1)) == [1, 2, 0, 1]
+@settings(max_examples=60, deadline=None)
+@given(**GEOMETRY)
+def test_same_pad_table_holds_the_pad_of_every_size(n, k, s, d):
+    assert same_pad_table(k, s, d)[n % s] == list(same_padding(n, k, s, d))
+
+
+def _torch_pool_windows(n: int, k: int, s: int, pad: int) -> list:
+    """Window starts of torch pooling with ceil_mode=True (its documented output-size rule)."""
+    out = -(-(n + 2 * pad - k) // s) + 1
+    if (out - 1) * s >= n + pad:  # the last window must start inside the input or the left pad
+        out -= 1
+    return [i * s - pad for i in range(out)]
+
+
+@pytest.mark.parametrize("k", range(1, 8))
+@pytest.mark.parametrize("s", range(1, 5))
+def test_same_pool_plan_gives_the_keras_windows(k, s):
+    # Keras 'same': ceil(n / s) windows starting at i * s - before; windows clip to the input.
+    befores, trim = same_pool_plan(k, s)
+    for n in range(1, 40):
+        pad = befores[n % len(befores)]
+        assert pad <= k // 2  # torch's limit on implicit pooling padding
+        before = same_padding(n, k, s)[0]
+        keras = [i * s - before for i in range(math.ceil(n / s))]
+        assert _torch_pool_windows(n, k, s, pad)[trim:] == keras, n
+
+
+@pytest.mark.parametrize("h, w", [(6, 5), (7, 8), (9, 9), (10, 4)])
+def test_pad_same_reads_the_pad_of_each_size(h, w):
+    # k=3, s=2 on H; k=4, s=1 on W: the extra pixel bottom/right whenever the total is odd.
+    tables = same_pad_table(3, 2), same_pad_table(4, 1)
+    x = torch.randn(1, 2, h, w)
+    (top, bottom), (left, right) = same_padding(h, 3, 2), same_padding(w, 4, 1)
+    padded, conv_pad = pad_same(x, *tables)
+    assert torch.equal(F.pad(padded, [conv_pad[1]] * 2 + [conv_pad[0]] * 2), F.pad(x, [left, right, top, bottom]))
+
+
+def test_same_runtimes_stay_dynamic_under_jit_trace():
+    # A trace at one size must pad every other size by its own Keras pad, not freeze the first.
+    tables = same_pad_table(3, 2), same_pad_table(3, 3)
+    befores = same_pool_plan(3, 2)[0], same_pool_plan(3, 3)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace is deprecated on 2.14
+        padded = torch.jit.trace(lambda x: pad_same(x, *tables)[0], torch.randn(1, 1, 6, 6))
+        pooled = torch.jit.trace(
+            lambda x: F.max_pool2d(x, 3, (2, 3), same_pool_padding(x.shape[-2], x.shape[-1], *befores), ceil_mode=True),
+            torch.randn(1, 1, 6, 6),
+        )
+    for h, w in [(6, 6), (7, 7), (8, 10), (9, 11)]:
+        x = torch.randn(1, 1, h, w)
+        (top, bottom), (left, right) = same_padding(h, 3, 2), same_padding(w, 3, 3)
+        assert torch.equal(padded(x), F.pad(x, [left, right, top, bottom]))
+        expected = F.max_pool2d(x, 3, (2, 3), same_pool_padding(x.shape[-2], x.shape[-1], *befores), ceil_mode=True)
+        assert torch.equal(pooled(x), expected)
 
 
 def test_to_pair_and_normalize_padding():

@@ -1,6 +1,6 @@
 """MaxPool2d and AvgPool2d: Keras 3 as oracle, plus a NumPy reference for 'same' average pooling.
 
-Keras 3.15's torch backend repeats edge pixels in uneven 'same' average pooling (DESIGN.md), so
+Keras 3.15's torch backend repeats edge pixels in uneven 'same' average pooling, so
 the documented rule (average the real pixels only, as TensorFlow does) is checked against NumPy.
 """
 import itertools
@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,13 +122,25 @@ def test_stride_none_means_pool_size():
         assert tuple(layer(torch.randn(1, 1, 9, 8)).shape) == (1, 1, 3, 4)
 
 
-def test_static_same_pooling_is_plain_torch_pooling():
-    for cls in (tb.MaxPool2d, tb.AvgPool2d):
-        static = cls(3, 1, "same")
-        assert not static.same_is_dynamic
-        assert static.padding == (1, 1)
-        assert cls(3, 2, "same").same_is_dynamic
-        assert cls(2, 1, "same").same_is_dynamic
+# (kernel, stride) -> (dynamic, torch padding of the static path, outputs trimmed at the start)
+SAME_PLANS = [
+    ((3, 1), (False, (1, 1), 0)),  # odd kernel, stride 1: one symmetric pad
+    ((2, 1), (False, (1, 1), 1)),  # even kernel, stride 1: k/2 both sides, first window dropped
+    ((2, 2), (False, (0, 0), 0)),  # Keras pads 0 before for every n: ceil_mode adds the last window
+    ((1, 3), (False, (0, 0), 0)),
+    ((3, 2), (True, None, 0)),  # 'before' is 0 for even n, 1 for odd n
+    ((4, 3), (True, None, 0)),
+]
+
+
+@pytest.mark.parametrize("cls", [tb.MaxPool2d, tb.AvgPool2d])
+@pytest.mark.parametrize("kernel_stride, plan", SAME_PLANS)
+def test_same_pooling_is_one_torch_pooling_call(cls, kernel_stride, plan):
+    dynamic, padding, trim = plan
+    layer = cls(*kernel_stride, "same")
+    assert layer.same_is_dynamic == dynamic and layer.ceil_mode and layer.trim_h == trim == layer.trim_w
+    if not dynamic:
+        assert layer.padding == padding
 
 
 # --- output shapes: a property test against the Keras formulas ---------------------------------
@@ -199,3 +212,114 @@ SCRIPTED_POOLS = [
 def test_pooling_scripts_and_round_trips(make):
     check_scripted(make(), (torch.randn(2, 3, 9, 10),))
     check_scripted(make(), (torch.randn(1, 3, 8, 7),))
+
+
+# --- dtypes: the input's dtype on every path; integers pooled exactly; refusals name the layer -------
+
+# Every path of both layers: valid, int padding, static 'same', 'same' with a trimmed first window,
+# and dynamic 'same' at an even and an odd size (uneven pads), plus the global pools.
+DTYPE_POOLS = [
+    pytest.param(lambda: tb.MaxPool2d(2), id="max-valid"),
+    pytest.param(lambda: tb.MaxPool2d(3, 2, 1), id="max-int-pad"),
+    pytest.param(lambda: tb.MaxPool2d(3, 1, "same"), id="max-same-static"),
+    pytest.param(lambda: tb.MaxPool2d(2, 1, "same"), id="max-same-trimmed"),
+    pytest.param(lambda: tb.MaxPool2d(2, 2, "same"), id="max-same-k2s2"),
+    pytest.param(lambda: tb.MaxPool2d(3, 2, "same"), id="max-same-dynamic"),
+    pytest.param(lambda: tb.AvgPool2d(2), id="avg-valid"),
+    pytest.param(lambda: tb.AvgPool2d(3, 2, 1), id="avg-int-pad"),
+    pytest.param(lambda: tb.AvgPool2d(3, 1, "same"), id="avg-same-static"),
+    pytest.param(lambda: tb.AvgPool2d(2, 1, "same"), id="avg-same-trimmed"),
+    pytest.param(lambda: tb.AvgPool2d(3, 2, "same"), id="avg-same-dynamic"),
+    pytest.param(lambda: tb.GlobalAvgPool2d(), id="global-avg"),
+    pytest.param(lambda: tb.GlobalMaxPool2d(), id="global-max"),
+]
+FLOAT_TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+@pytest.mark.parametrize("dtype", list(FLOAT_TOLERANCE))
+@pytest.mark.parametrize("size", [(9, 10), (8, 7)])
+@pytest.mark.parametrize("make", DTYPE_POOLS)
+def test_pooling_keeps_a_floating_dtype_on_every_path(make, size, dtype):
+    x = torch.randn(2, 3, *size).to(dtype)
+    layer = make()
+    y = layer(x)
+    expected = _reference(x.double(), layer)  # the windows in float64, from the same rounded values
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), expected, rtol=FLOAT_TOLERANCE[dtype], atol=FLOAT_TOLERANCE[dtype])
+
+
+def _reference(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """Keras pooling by explicit windows clipped to the real pixels, in ``x``'s dtype (integers:
+    exact, the mean rounded toward zero as torch does)."""
+    if isinstance(layer, (tb.GlobalAvgPool2d, tb.GlobalMaxPool2d)):
+        return x.amax(dim=(2, 3)) if isinstance(layer, tb.GlobalMaxPool2d) else x.mean(dim=(2, 3))
+    kernel, stride = layer.kernel_size, layer.stride
+    h, w = x.shape[-2:]
+    if layer.padding_spec == "same":
+        out = (-(-h // stride[0]), -(-w // stride[1]))
+        before = [max((o - 1) * s + k - n, 0) // 2 for o, s, k, n in zip(out, stride, kernel, (h, w))]
+    else:
+        pad = (0, 0) if layer.padding_spec == "valid" else layer.padding_spec
+        out = tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip((h, w), pad, kernel, stride))
+        before = list(pad)
+    y = torch.empty(x.shape[:2] + out, dtype=x.dtype)
+    for i in range(out[0]):
+        for j in range(out[1]):
+            r0, c0 = i * stride[0] - before[0], j * stride[1] - before[1]
+            window = x[:, :, max(r0, 0):r0 + kernel[0], max(c0, 0):c0 + kernel[1]]
+            if isinstance(layer, tb.MaxPool2d):
+                y[:, :, i, j] = window.amax(dim=(2, 3))
+            else:
+                total = window.sum(dim=(2, 3))
+                count = kernel[0] * kernel[1] if layer.count_include_pad else window.shape[2] * window.shape[3]
+                rounding = None if x.is_floating_point() else "trunc"
+                y[:, :, i, j] = torch.div(total, count, rounding_mode=rounding)
+    return y
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("size", [(5, 5), (6, 7)])
+@pytest.mark.parametrize("make", [p for p in DTYPE_POOLS if p.id.startswith("max-")])
+def test_max_pooling_integers_is_exact_at_the_extremes(make, size, dtype):
+    # The whole range, minimum included: an explicit -inf (or lowest-value) pad would overflow or
+    # tie with a real pixel; torch's implicit pad is never selected.
+    info = torch.iinfo(dtype)
+    x = torch.randint(info.min, info.max, (2, 3, *size), dtype=dtype)
+    x[:, :, -1, -1] = info.min
+    layer = make()
+    y = layer(x)
+    assert y.dtype == dtype and torch.equal(y, _reference(x, layer))
+
+
+@pytest.mark.parametrize("size", [(5, 5), (6, 7)])
+@pytest.mark.parametrize("make", [p for p in DTYPE_POOLS if p.id.startswith("avg-")])
+def test_average_pooling_int64_is_torchs_integer_mean(make, size):
+    x = torch.randint(-1000, 1000, (2, 3, *size))
+    layer = make()
+    y = layer(x)
+    assert y.dtype == torch.int64 and torch.equal(y, _reference(x, layer))
+
+
+UNSUPPORTED = [
+    (lambda: tb.AvgPool2d(3, 2, "same"), torch.int32),
+    (lambda: tb.AvgPool2d(2), torch.int8),
+    (lambda: tb.MaxPool2d(3, 2, "same"), torch.bool),
+    (lambda: tb.MaxPool2d(2), torch.complex64),
+    (lambda: tb.GlobalAvgPool2d(), torch.int64),
+    (lambda: tb.GlobalMaxPool2d(), torch.int16),
+]
+
+
+@pytest.mark.parametrize("make, dtype", UNSUPPORTED)
+def test_dtypes_torch_cannot_pool_are_refused_by_name(make, dtype):
+    layer = make()
+    x = torch.ones(1, 2, 6, 6, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"{type(layer).__name__} does not support {dtype} inputs.*x\.float\(\)"):
+        layer(x)
+
+
+@pytest.mark.parametrize("cls", [tb.GlobalAvgPool2d, tb.GlobalMaxPool2d])
+def test_global_pooling_rejects_wrong_rank(cls):
+    # A 3-D tensor would pass through torch's adaptive pooling as one unbatched (C, H, W) sample.
+    with pytest.raises(ValueError, match=rf"{cls.__name__} expects a 4-D \(N, C, H, W\).*\[3, 8, 8\]"):
+        cls()(torch.randn(3, 8, 8))

@@ -9,12 +9,12 @@ from typing import Any
 from .activations import get_activation
 from .conv import Conv2d, DepthwiseConv2d, SeparableConv2d
 from .linear import Dense
-from .norm import BatchNorm, ConvBN, DenseBN
+from .norm import BatchNorm, ConvBN, DenseBN, SyncBatchNorm, convert_sync_batchnorm
 from .pooling import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from .residual import DownsamplingResidualBlock, IdentityResidualBlock, Projection, Residual
 from .fusion import fuse_bn
 from .inference import optimize_for_inference
-from . import analysis, export, models
+from . import analysis, ecosystem, export, models, optim
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,8 @@ __all__ = [
     "Projection",
     "Residual",
     "SeparableConv2d",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
     "fuse_bn",
     "get_activation",
     "optimize_for_inference",

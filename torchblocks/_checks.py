@@ -1,7 +1,7 @@
 """Argument and input checks shared by every layer and transform, and the check of a transformed
 model's outputs against eager mode."""
 import os
-from typing import Any, List, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -120,3 +120,31 @@ def writable_path(path: PathArg) -> str:
             f"Received path={path!r}."
         )
     return path
+
+
+def dtype_error(
+    layer: str, x: Tensor, error: RuntimeError, weight: Optional[Tensor] = None
+) -> Optional[TypeError]:
+    """A ``TypeError`` naming ``layer`` and the dtypes, for an op's ``RuntimeError`` that a dtype
+    explains: an input whose dtype differs from the layer's ``weight``, or a dtype torch has no
+    kernel for. None when the dtypes do not explain ``error`` (the caller re-raises it).
+
+    Layers call the op first and explain only a failure, so a working call (torch.autocast casts
+    inside the op; CPU BatchNorm takes half inputs with float parameters) costs nothing.
+    """
+    torch_says = first_line(error)
+    floating = x.is_floating_point() or x.is_complex()
+    if weight is not None and x.dtype != weight.dtype:
+        fix = f"the input with x.to({weight.dtype})"
+        if floating:
+            fix += f" or the layer with layer.to({x.dtype}), or run the model under torch.autocast"
+        return TypeError(
+            f"{layer} received a {x.dtype} input but its parameters are {weight.dtype} (torch: "
+            f"{torch_says}). Cast {fix}."
+        )
+    if "not implemented for" in torch_says or not floating:
+        return TypeError(
+            f"{layer} does not support {x.dtype} inputs: torch has no kernel for that dtype "
+            f"(torch: {torch_says}). Cast the input, e.g. x.float()."
+        )
+    return None

@@ -5,15 +5,21 @@ the extra pixel of an odd total pad at the bottom/right). Where that pad is stat
 it is handed to ``nn.Conv2d`` once at construction, so the layer costs nothing over ``nn.Conv2d``;
 otherwise the pad is computed from each input's size, and applied by the convolution itself
 whenever it comes out symmetric, with ``F.pad`` only in the asymmetric case.
-"""
-from typing import Dict, Tuple, Union
 
+The layers are leaf modules (an activation given by name is applied as a function, not held as a
+child) and their input checks are ``torch.fx`` leaf functions, so ``torch.fx.symbolic_trace`` and
+FX quantization trace through them to the plain ``conv2d`` call.
+"""
+from typing import Dict, List, Tuple, Union
+
+import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import Final
 
-from .activations import ActivationArg, get_activation, is_identity
-from ._checks import check_nchw, check_window_fits
+from .activations import ActivationArg, KerasActivation, apply_activation
+from ._checks import check_nchw, check_window_fits, dtype_error
 from .padding import (
     PaddingArg,
     check_positive_int,
@@ -24,8 +30,13 @@ from .padding import (
     normalize_padding,
     pad_same,
     output_size as _output_size,
+    same_pad_table,
     to_pair,
 )
+
+# Shape checks and the per-input 'same' pad read sizes in Python: torch.fx records them as calls.
+torch.fx.wrap("check_nchw")
+torch.fx.wrap("check_window_fits")
 
 
 def _conv_repr(channels: str, spatial: "Conv2d", bias: bool, extra: Dict[str, int]) -> str:
@@ -35,7 +46,8 @@ def _conv_repr(channels: str, spatial: "Conv2d", bias: bool, extra: Dict[str, in
     if spatial.dilation != (1, 1):
         s += f", dilation={spatial.dilation}"
     s += "".join(f", {key}={value}" for key, value in extra.items())
-    return s if bias else s + ", bias=False"
+    s = s if bias else s + ", bias=False"
+    return s + spatial._activation_repr()
 
 
 def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
@@ -50,7 +62,7 @@ def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
             )
 
 
-class Conv2d(nn.Conv2d):
+class Conv2d(KerasActivation, nn.Conv2d):
     """2-D convolution with Keras padding and an optional activation. Keras: ``Conv2D``.
 
     A drop-in ``nn.Conv2d`` (same parameters and state-dict keys) on (N, C, H, W) tensors.
@@ -65,11 +77,17 @@ class Conv2d(nn.Conv2d):
         dilation: int or (dh, dw).
         groups: as ``nn.Conv2d``; must divide both channel counts.
         bias: learn an additive bias.
-        activation: Keras ``activation=``: ``None``, a Keras name such as ``"relu"``, or a module.
+        activation: Keras ``activation=``: ``None``, a Keras name such as ``"relu"`` (applied as a
+            function: the layer stays a leaf module), or a module (kept as the ``act`` child).
+
+    Attributes:
+        act: the activation as a module (the ``act`` child, else built from the name).
     """
 
-    same_is_dynamic: Final[bool]
+    activation: Final[str]
     has_activation: Final[bool]
+    module_activation: Final[bool]
+    same_is_dynamic: Final[bool]
     layer_name: Final[str]
     min_height: Final[int]
     min_width: Final[int]
@@ -118,21 +136,43 @@ class Conv2d(nn.Conv2d):
         self.same_is_dynamic = spec == "same" and not static_same
         self.min_height, self.min_width = min_input_hw(kernel, dilations, spec)
         self.window = f"kernel_size={kernel}, dilation={dilations}, padding={spec!r}"
-        self.act = get_activation(activation)
-        self.has_activation = not is_identity(self.act)
+        # Keras 'same' pads by input length mod stride, per axis (unused unless same_is_dynamic).
+        tables = [same_pad_table(k, s, d) for k, s, d in zip(kernel, strides, dilations)]
+        self.same_pads_h: List[List[int]] = tables[0]
+        self.same_pads_w: List[List[int]] = tables[1]
+        self._init_activation(activation)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
         check_nchw(x, self.in_channels, self.layer_name)
         check_window_fits(x, self.min_height, self.min_width, self.window, self.layer_name)
-        if self.same_is_dynamic:
-            x, pad = pad_same(x, self.kernel_size, self.stride, self.dilation)
-            x = F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation, self.groups)
+        if torch.jit.is_scripting():
+            x = self._convolve(x)
         else:
-            x = self._conv_forward(x, self.weight, self.bias)
-        if self.has_activation:
+            x = self._convolve_or_explain(x)
+        if self.module_activation:
             x = self.act(x)
+        elif self.has_activation:
+            x = apply_activation(x, self.activation)
         return x
+
+    def _convolve(self, x: Tensor) -> Tensor:
+        if self.same_is_dynamic:
+            x, pad = pad_same(x, self.same_pads_h, self.same_pads_w)
+            return F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation, self.groups)
+        return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _convolve_or_explain(self, x: Tensor) -> Tensor:
+        # Eager only (TorchScript has no try): a dtype mismatch is named here, after torch refused
+        # it, so a call that works (under torch.autocast too) pays nothing for the check.
+        try:
+            return self._convolve(x)
+        except RuntimeError as error:
+            explained = dtype_error(self.layer_name, x, error, self.weight)
+            if explained is None:
+                raise
+            raise explained from error
 
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         """Spatial output size (H', W') for an (H, W) input, by the Keras formula."""
@@ -187,7 +227,7 @@ class DepthwiseConv2d(Conv2d):
         return _conv_repr(f"{self.in_channels}", self, self.bias is not None, extra)
 
 
-class SeparableConv2d(nn.Module):
+class SeparableConv2d(KerasActivation, nn.Module):
     """Depthwise conv (no bias) followed by a 1×1 pointwise conv. Keras: ``SeparableConv2D``.
 
     (N, in_channels, H, W) -> (N, out_channels, H', W'), with
@@ -199,10 +239,13 @@ class SeparableConv2d(nn.Module):
         kernel_size, stride, padding, dilation: of the depthwise conv, as in ``Conv2d``.
         depth_multiplier: depthwise outputs per input channel.
         bias: bias on the pointwise conv (the depthwise conv never has one, as in Keras).
-        activation: applied after the pointwise conv, as Keras' ``activation=``.
+        activation: applied after the pointwise conv, as Keras' ``activation=``: the ``act`` child,
+            as in ``nn.Sequential(depthwise, pointwise, act)`` (no child without an activation).
     """
 
+    activation: Final[str]
     has_activation: Final[bool]
+    module_activation: Final[bool]
 
     def __init__(
         self,
@@ -229,8 +272,7 @@ class SeparableConv2d(nn.Module):
         self.pointwise = Conv2d(
             in_channels * depth_multiplier, out_channels, 1, bias=bias, device=device, dtype=dtype
         )
-        self.act = get_activation(activation)
-        self.has_activation = not is_identity(self.act)
+        self._init_activation(activation, named_as_module=True)
 
     @property
     def in_channels(self) -> int:

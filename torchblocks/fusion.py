@@ -27,9 +27,10 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def _bn_stats(module: nn.Module) -> Optional[_BatchNorm]:
     """The torch BatchNorm to fold, or None where it cannot be folded into a preceding conv."""
+    # tb.BatchNorm and tb.SyncBatchNorm normalise the last dim when axis=-1: nothing to fold.
+    if getattr(module, "axis", 1) != 1:
+        return None
     if isinstance(module, BatchNorm):
-        if module.axis != 1:
-            return None
         module = module.bn
     if not isinstance(module, _BatchNorm) or module.running_mean is None or module.running_var is None:
         return None

@@ -4,14 +4,18 @@ Keras (and TensorFlow) define ``padding="same"`` by the output size ``ceil(n / s
 padding that achieves it is ``max((ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)``, split with the
 extra pixel at the bottom/right. It is static and symmetric for every input size exactly when the
 effective kernel ``(k - 1) * d + 1`` is 1 (any stride: it never pads) or odd at stride 1; every other
-case depends on the input size (``is_static_same``). Where it is dynamic, ``pad_same`` computes it
-per input and hands a symmetric pad to the op itself, copying the input with ``F.pad`` only when the
-pad is asymmetric. Everything but ``pad_same`` is pure arithmetic on ints.
+case depends on the input size (``is_static_same``), and then only on ``n mod stride``: layers build
+a ``same_pad_table`` once, and ``pad_same`` reads each input's pad from it, hands a symmetric pad
+to the op itself and copies the input with ``F.pad`` only when the pad is asymmetric. Pooling
+needs no copy at all (``same_pool_plan``). Everything but the two runtimes ``pad_same`` and
+``same_pool_padding`` is pure arithmetic on ints.
 """
 
 import math
+import warnings
 from typing import List, Tuple, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -147,34 +151,95 @@ def output_size(
     return (size + 2 * pad - effective_kernel(kernel_size, dilation)) // stride + 1
 
 
-def same_pad_list(
-    height: int, width: int, kernel_size: Tuple[int, int], stride: Tuple[int, int],
-    dilation: Tuple[int, int],
-) -> List[int]:
-    """``F.pad`` argument ``[left, right, top, bottom]`` for Keras ``'same'`` on an (H, W) map."""
-    top, bottom = same_padding(height, kernel_size[0], stride[0], dilation[0])
-    left, right = same_padding(width, kernel_size[1], stride[1], dilation[1])
-    return [left, right, top, bottom]
+def same_pad_table(kernel_size: int, stride: int, dilation: int = 1) -> List[List[int]]:
+    """Keras ``'same'`` ``[before, after]`` padding along one axis for every input length ``n``, at
+    index ``n % stride``.
+
+    The total pad depends on ``n`` only through ``n mod s``: with ``r = n mod s`` it is
+    ``max(ek - r, 0)`` for ``r > 0`` and ``max(ek - s, 0)`` for ``r = 0`` (``ek`` the effective
+    kernel), so a table of ``s`` entries built once replaces the per-call arithmetic.
+    """
+    return [list(same_padding(r if r else stride, kernel_size, stride, dilation)) for r in range(stride)]
 
 
-def same_pads(
-    x: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int], dilation: Tuple[int, int]
-) -> Tuple[List[int], bool]:
-    """Keras ``'same'`` for the (H, W) of ``x``: the ``F.pad`` list and whether it is symmetric."""
-    pads = same_pad_list(x.shape[-2], x.shape[-1], kernel_size, stride, dilation)
-    return pads, pads[0] == pads[1] and pads[2] == pads[3]
+def same_pool_plan(kernel_size: int, stride: int) -> Tuple[List[int], int]:
+    """Keras ``'same'`` pooling along one axis as one torch pooling call with ``ceil_mode=True``:
+    ``(symmetric padding at index n % stride, outputs to drop at the start)``.
+
+    torch pads a pooling window implicitly (max pooling never picks the pad, average pooling with
+    ``count_include_pad=False`` leaves it out of the count), for every dtype, but only
+    symmetrically. Keras' extra pixel after the input is that implicit pad's last window:
+    at stride >= 2, padding by Keras' ``before`` with ``ceil_mode`` gives exactly ``ceil(n / s)``
+    windows at Keras' positions (the last one clipped to the input). At stride 1 the pad is static,
+    ``(k - 1) / 2`` for an odd kernel; for an even kernel ``k / 2`` on both sides gives one window
+    too many at the start, which is dropped.
+    """
+    if stride == 1:
+        return ([(kernel_size - 1) // 2], 0) if kernel_size % 2 else ([kernel_size // 2], 1)
+    return [before for before, _ in same_pad_table(kernel_size, stride)], 0
 
 
-def pad_same(
-    x: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int], dilation: Tuple[int, int],
-    value: float = 0.0,
-) -> Tuple[Tensor, List[int]]:
-    """Keras ``'same'`` for one input: ``(input, padding for the op)``.
+@torch.fx.wrap
+def same_pads(height: int, width: int, table_h: List[List[int]], table_w: List[List[int]]) -> List[int]:
+    """The ``F.pad`` list ``[left, right, top, bottom]`` of Keras ``'same'`` for an (H, W) input.
+
+    A ``torch.fx`` leaf that reads only sizes: FX quantization then knows its output is no tensor.
+    """
+    pad_h = table_h[height % len(table_h)]
+    pad_w = table_w[width % len(table_w)]
+    return [pad_w[0], pad_w[1], pad_h[0], pad_h[1]]
+
+
+def pad_same(x: Tensor, table_h: List[List[int]], table_w: List[List[int]]) -> Tuple[Tensor, List[int]]:
+    """Keras ``'same'`` for one input, from ``same_pad_table``s: ``(input, padding for the op)``.
 
     A symmetric pad is returned for the op to apply itself (no copy of ``x``); an asymmetric one is
-    applied here with ``F.pad(x, pads, value=value)`` and the op gets ``[0, 0]``.
+    applied here with ``F.pad`` and the op gets ``[0, 0]``. Under ``torch.fx`` tracing the pad is
+    always applied here, so the traced op has a fixed padding (FX quantization packs it); under
+    ``torch.jit.trace`` too, read from the tables at the traced size, so a trace stays right for
+    every input size.
     """
-    pads, symmetric = same_pads(x, kernel_size, stride, dilation)
-    if symmetric:
+    if torch.jit.is_tracing():
+        return _pad_same_traced(x, table_h, table_w), [0, 0]
+    pads = same_pads(x.shape[-2], x.shape[-1], table_h, table_w)
+    # Under torch.fx, pads is a Proxy (same_pads is a leaf): always padded, never a branch on it.
+    if isinstance(pads, list) and pads[0] == pads[1] and pads[2] == pads[3]:
         return x, [pads[2], pads[0]]
-    return F.pad(x, pads, value=value), [0, 0]
+    return F.pad(x, pads), [0, 0]
+
+
+def same_pool_padding(height: int, width: int, before_h: List[int], before_w: List[int]) -> List[int]:
+    """The ``[pad_h, pad_w]`` of ``same_pool_plan`` for an (H, W) input (traced sizes too).
+
+    It reads only sizes: registered as a ``torch.fx`` leaf where it is called (``pooling.py``), FX
+    quantization knows its output is no tensor.
+    """
+    if torch.jit.is_tracing():
+        return _traced_entries(height, width, [[b] for b in before_h], [[b] for b in before_w], 0)
+    return [before_h[height % len(before_h)], before_w[width % len(before_w)]]
+
+
+@torch.jit.unused
+def _traced_entries(
+    height: int, width: int, table_h: List[List[int]], table_w: List[List[int]], column: int
+) -> List[int]:
+    # Index a constant tensor with the traced size (aten::remainder, aten::select: ops that
+    # FLOP counters ignore) rather than with a Python int, which would freeze this input's pad
+    # into the trace. Tracing warns that torch.tensor is a constant: it is one.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.tensor results are registered as constants")
+        rows_h = torch.tensor(table_h)[height % len(table_h)]
+        rows_w = torch.tensor(table_w)[width % len(table_w)]
+    return [rows_h[column], rows_w[column]]
+
+
+@torch.jit.unused
+def _pad_same_traced(x: Tensor, table_h: List[List[int]], table_w: List[List[int]]) -> Tensor:
+    top, left = _traced_entries(x.shape[-2], x.shape[-1], table_h, table_w, 0)
+    bottom, right = _traced_entries(x.shape[-2], x.shape[-1], table_h, table_w, 1)
+    # Zero blocks joined with cat rather than F.pad: the same values, and FLOP counters that trace
+    # (fvcore) ignore new_zeros and cat but report aten::pad as an unsupported op.
+    n, c, h, w = x.shape
+    x = torch.cat([x.new_zeros((n, c, top, w)), x, x.new_zeros((n, c, bottom, w))], 2)
+    h = x.shape[2]
+    return torch.cat([x.new_zeros((n, c, h, left)), x, x.new_zeros((n, c, h, right))], 3)

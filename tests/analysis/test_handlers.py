@@ -1,5 +1,5 @@
 """The cost of each op (``analysis.handlers``): BatchNorm by mode, pooling windows, dense and pad,
-and no "unsupported operator" warning from any torchblocks model or layer."""
+and no "unsupported operator" warning from any torchblocks layer (the models: test_meta.py)."""
 import logging
 import warnings
 
@@ -11,7 +11,6 @@ import torchblocks as tb
 from torchblocks import analysis
 from torchblocks.analysis import formulas
 from torchblocks.activations import ACTIVATION_NAMES
-from torchblocks.models import MODEL_NAMES, get_model
 
 
 BN_SHAPES = [((2, 4, 5, 7), 1), ((2, 3, 5, 7), -1), ((6, 4), 1)]
@@ -65,34 +64,6 @@ def _fvcore_records(caplog):
     return [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-# One model per block family (the deeper ResNets repeat resnet18's and resnet50's blocks; the
-# default `torchblocks compare` run, tested in test_cli.py, covers the standard counterparts).
-MODEL_CASES = [
-    ("SeparableConvNet", {}, 32),
-    ("xception", {}, 71),
-    ("resnet18", {"conv": "separable"}, 32),
-    ("resnet50", {}, 32),
-]
-
-
-def test_model_cases_cover_every_model_family():
-    assert {name for name, _, _ in MODEL_CASES} <= set(MODEL_NAMES)
-    assert {"SeparableConvNet", "xception", "resnet18", "resnet50"} <= set(MODEL_NAMES)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name, kwargs, size", MODEL_CASES)
-def test_no_warning_and_no_unsupported_op_for_the_models(name, kwargs, size, caplog):
-    model = get_model(name, **kwargs)
-    caplog.set_level(logging.DEBUG)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        report = analysis.count(model, torch.randn(1, 3, size, size))
-    assert _fvcore_records(caplog) == []
-    assert report.unsupported_ops == {}
-    assert report.by_operator["conv"] > 0
-
-
 def test_no_warning_for_layers_activations_and_pooling_heads(caplog):
     caplog.set_level(logging.DEBUG)
     layers = [tb.Conv2d(3, 3, 3, activation=name) for name in ACTIVATION_NAMES]
@@ -119,3 +90,66 @@ def test_unknown_op_is_reported_not_hidden():
     with pytest.warns(RuntimeWarning, match=r"_Cumsum: no cost is known for \['aten::cumsum'\]"):
         report = analysis.count(_Cumsum(), torch.randn(2, 3))
     assert report.unsupported_ops == {"aten::cumsum": 1}
+
+
+class _SwinOps(nn.Module):
+    """The ops torchvision's Swin Transformers add (shifted-window masks, cosine attention)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = x.new_zeros(x.shape)
+        mask[:, 0] = 2.0  # fill_
+        mask = (mask != 0).to(x.dtype)  # ne
+        y = torch.nn.functional.normalize(x, dim=-1)  # linalg_vector_norm, clamp_min, expand_as, div
+        z = x.clone().zero_() + x.numel()  # clone, zero_, numel
+        return y + mask + z + x.pow(2)
+
+
+def test_swin_ops_have_documented_costs():
+    x = torch.randn(2, 3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = analysis.count(_SwinOps(), x)
+    n, rows = x.numel(), x.numel() // 4
+    # norm: 1 per input element; clamp_min: 1 per norm; div and pow: 1 per element; 4 adds.
+    assert report.by_operator == {"linalg_vector_norm": n, "clamp_min": rows, "div": n, "pow": n, "add": 4 * n}
+    assert report.unsupported_ops == {}
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_fused_multi_head_attention_costs_its_matrix_products_and_softmax():
+    n, length, embed, heads = 2, 5, 8, 2
+    report = analysis.count(_SelfAttention(), torch.randn(n, length, embed))
+    assert list(report.by_operator) == ["_native_multi_head_attention"]
+    projections = n * 4 * length * embed * embed  # q, k, v and output
+    scores_and_sum = 2 * n * length * length * embed
+    assert report.macs == projections + scores_and_sum + n * heads * length * length
+
+
+# torchvision classifiers with an in-place dropout: (builder, MACs of the classifier), from its
+# layers: Linear(1280, 1000); Linear(576, 1024), Hardswish, Linear(1024, 1000); Linear(1280, 1000).
+DROPOUT_CLASSIFIERS = [
+    ("efficientnet_b0", 1280 * 1000),
+    ("mobilenet_v3_small", 576 * 1024 + 1024 + 1024 * 1000),
+    ("mnasnet0_5", 1280 * 1000),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder, classifier_macs", DROPOUT_CLASSIFIERS)
+def test_torchvision_in_place_dropout_is_free(builder, classifier_macs):
+    import torchvision
+
+    model = torchvision.models.get_model(builder, weights=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = analysis.count(model, torch.randn(1, 3, 32, 32))
+    assert report.unsupported_ops == {}
+    assert report.by_module["classifier"] == classifier_macs

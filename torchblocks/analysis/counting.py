@@ -4,12 +4,10 @@ fvcore counts one fused multiply-add as one "flop"; here that figure is ``macs``
 ``flops = 2 * macs``. The costs given to the ops fvcore leaves unsupported are listed in
 :mod:`torchblocks.analysis.handlers`.
 """
-import contextlib
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +15,10 @@ from torch import Tensor, nn
 from .._checks import ExampleInputs as Inputs
 from .._checks import as_input_tuple, check_module, first_line
 from .handlers import FlopCountAnalysis, op_handles
+from .meta import count_meta
+from .report import CountReport, parameter_counts, temporary_mode
+
+__all__ = ["CountReport", "Inputs", "count", "measure_latency", "parameter_counts", "temporary_mode"]
 
 
 DEFAULT_WARMUP = 2
@@ -28,99 +30,6 @@ FLOP_COUNTER_NOTE = (
     "misses convolutions that torch.jit.freeze fused into prepacked kernels: count the eager "
     "module where you have it"
 )
-
-
-@dataclass(frozen=True)
-class CountReport:
-    """Parameters and multiply-accumulates of one model on one input.
-
-    Attributes:
-        params: trainable parameters (``requires_grad``).
-        non_trainable_params: frozen parameters.
-        buffers: floating-point buffer elements (BatchNorm running mean/variance), which Keras
-            counts as non-trainable weights; integer buffers (``num_batches_tracked``) excluded.
-        macs: fused multiply-adds (fvcore's "flops"), at the batch size of the inputs.
-        by_module: MACs per module name, ``""`` being the whole model (fvcore's keys).
-        by_operator: MACs per op name (``"conv"``, ``"batch_norm"``, ``"add"``...).
-        method: ``"fvcore"`` or ``"FlopCounterMode"``.
-        note: why a fallback was used, else ``""``.
-        unsupported_ops: ops that were counted as 0 because no handler knows them.
-        input_shapes: the shapes of the inputs counted.
-    """
-
-    params: int
-    non_trainable_params: int
-    buffers: int
-    macs: int
-    by_module: Dict[str, int] = field(repr=False)
-    by_operator: Dict[str, int] = field(repr=False)
-    method: str = "fvcore"
-    note: str = ""
-    unsupported_ops: Dict[str, int] = field(default_factory=dict)
-    input_shapes: Tuple[Tuple[int, ...], ...] = ()
-
-    @property
-    def flops(self) -> int:
-        """2 × MACs: a multiply and an add each count one."""
-        return 2 * self.macs
-
-    @property
-    def total_params(self) -> int:
-        """Trainable plus non-trainable parameters."""
-        return self.params + self.non_trainable_params
-
-    @property
-    def keras_count_params(self) -> int:
-        """What Keras' ``count_params()`` reports: all parameters plus the BN moving statistics."""
-        return self.total_params + self.buffers
-
-    def to_dict(self) -> Dict[str, object]:
-        """JSON-ready summary (without the per-module breakdown)."""
-        return {
-            "params": self.params,
-            "non_trainable_params": self.non_trainable_params,
-            "buffers": self.buffers,
-            "keras_count_params": self.keras_count_params,
-            "macs": self.macs,
-            "flops": self.flops,
-            "method": self.method,
-            "note": self.note,
-            "input_shapes": [list(s) for s in self.input_shapes],
-        }
-
-
-def parameter_counts(model: nn.Module) -> Tuple[int, int, int]:
-    """(trainable, non-trainable, floating-point buffer elements); shared tensors count once."""
-    trainable = frozen = 0
-    for p in model.parameters():
-        if p.requires_grad:
-            trainable += p.numel()
-        else:
-            frozen += p.numel()
-    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
-    return trainable, frozen, buffers
-
-
-@contextlib.contextmanager
-def temporary_mode(model: nn.Module, training: bool) -> Iterator[None]:
-    """Put every submodule in train/eval mode, then restore each one's own flag and buffers.
-
-    Buffers are restored too: a training-mode forward updates BatchNorm running statistics, and
-    counting must leave the caller's model as it found it. Frozen ScriptModules, which have no
-    ``training`` flag, are left alone.
-    """
-    modes = [(m, m.training) for m in model.modules() if hasattr(m, "training")]
-    saved = [b.detach().clone() for b in model.buffers()] if training else []
-    for module, _ in modes:
-        module.training = training
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
-        with torch.no_grad():
-            for buffer, value in zip(model.buffers(), saved):
-                buffer.copy_(value)
 
 
 def _count_fvcore(
@@ -165,7 +74,8 @@ def _count_flop_counter(
 
 
 def count(
-    model: nn.Module, inputs: Inputs, *, training: bool = False, include_bn: bool = True
+    model: nn.Module, inputs: Inputs, *, training: bool = False, include_bn: bool = True,
+    meta: bool = False,
 ) -> CountReport:
     """Parameters and MACs of ``model`` on ``inputs``, with fvcore.
 
@@ -180,6 +90,10 @@ def count(
         inputs: a tensor or a tuple of tensors; MACs scale with their batch size.
         training: count in training mode (BN: 5 per element instead of 2).
         include_bn: False leaves BatchNorm out, the cost after folding it into the convolutions.
+        meta: count on the meta device: the same report from shapes alone, without running the
+            arithmetic or allocating activations (seconds and gigabytes saved on large inputs);
+            refused (``MetaCountError``, a ``NotImplementedError``) for a model that reads tensor
+            values or makes a torch call without a known cost. See ``analysis.meta``.
 
     Returns:
         A ``CountReport``: ``.params``, ``.macs``, ``.flops`` (= 2 × macs), ``.by_module``.
@@ -187,7 +101,10 @@ def count(
     Raises:
         TypeError: ``model`` is not a module or ``inputs`` not tensors.
         RuntimeError: fvcore cannot trace the model (one-line message).
+        MetaCountError: with ``meta=True``, a model that cannot be counted on the meta device.
     """
+    if meta:
+        return count_meta(model, inputs, training=training, include_bn=include_bn)
     model = check_module(model)
     args = as_input_tuple(inputs)
     trainable, frozen, buffers = parameter_counts(model)

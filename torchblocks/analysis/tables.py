@@ -34,7 +34,8 @@ class Column:
 
 @dataclass
 class Table:
-    """A titled table; each row holds one raw value per column (``None`` = not measured)."""
+    """A titled table; each row holds one raw value per column (``None`` = not measured, shown
+    as ``-``; a str is shown as it is)."""
 
     title: str
     columns: Sequence[Column]
@@ -43,6 +44,8 @@ class Table:
     def _cell(self, value: object, kind: str) -> str:
         if value is None:
             return "-"
+        if isinstance(value, str):
+            return value  # already formatted
         if kind == "int":
             return f"{value:,}"
         if kind == "macs":

@@ -1,4 +1,4 @@
-"""The ``torchblocks`` command: ``compare`` (the main job), ``summary``, ``export``, ``bench``.
+"""The torchblocks command: compare (the main job), summary, export, port, bench, train.
 
 Each subcommand lives in a module of this package with an ``add_parser`` function that registers
 its parser and points ``func`` at the function running it; ``build_parser`` wires them all, and
@@ -13,14 +13,22 @@ from typing import List, Optional
 from .._checks import first_line
 from ._common import EXIT_FAILURE, EXIT_USAGE, Parser, UsageError
 
+DESCRIPTION = (
+    "Keras architecture patterns in PyTorch: compare separable and standard convolutions "
+    "(parameters, MACs, time), summarise, export and benchmark the torchblocks models, port "
+    "Keras models to PyTorch source, and train them."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchblocks`` parser with every subcommand."""
-    from . import bench, compare, export, summary
+    from .. import __version__
+    from . import bench, compare, export, port, summary, train
 
-    parser = Parser(prog="torchblocks", description=__doc__.splitlines()[0])
+    parser = Parser(prog="torchblocks", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"torchblocks {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (compare, summary, export, bench):
+    for command in (compare, summary, export, port, bench, train):
         command.add_parser(sub)
     return parser
 
@@ -33,6 +41,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
+    except SystemExit as done:  # --help and --version print, then argparse exits
+        return done.code if isinstance(done.code, int) else 0
     prefix = f"torchblocks {args.command}: error:"
     try:
         return args.func(args)

@@ -18,11 +18,17 @@ Dense kernel (in, out)            ``Dense`` / ``nn.Linear`` weight (out, in)
 Modules: ``backend`` (lazy imports of keras and h5py), ``sources`` (Keras layers, models and files
 read into uniform records), ``weights`` (``load_keras_weights``), ``graph`` (the only reader of
 Keras' private graph attributes), ``convert`` (``from_keras`` and its converter table), ``layers``
-(modules for Keras layers torchblocks has no counterpart of). Keras is imported only when a
-function needs it (``pip install "torchblocks[keras]"``); a ``.weights.h5`` file is read with h5py
-alone.
+(modules for Keras layers torchblocks has no counterpart of), ``verify`` (a conversion checked
+against Keras layer by layer), ``source`` (``to_source``: the conversion as readable Python).
+Keras is imported only when a function needs it (``pip install "torchblocks[keras]"``); a
+``.weights.h5`` file is read with h5py alone.
 """
 from .convert import from_keras
+from .source import SourceFiles, to_source
+from .verify import VerificationError, VerifyReport, verify
 from .weights import KerasLoadResult, load_keras_weights
 
-__all__ = ["KerasLoadResult", "from_keras", "load_keras_weights"]
+__all__ = [
+    "KerasLoadResult", "SourceFiles", "VerificationError", "VerifyReport", "from_keras", "load_keras_weights",
+    "to_source", "verify",
+]

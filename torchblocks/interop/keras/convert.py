@@ -22,6 +22,7 @@ from .backend import import_keras
 from .graph import GraphNode, keras_graph
 from .layers import Add, Flatten
 from .sources import KerasRecord, record_from_layer
+from .verify import checked
 from .weights import Staged, TorchUnit, stage_pair
 
 __all__ = ["from_keras"]
@@ -333,7 +334,7 @@ def _permutable_consumers(
     return found
 
 
-def from_keras(keras_model: Any) -> torch.fx.GraphModule:
+def from_keras(keras_model: Any, verify: Any = None) -> torch.fx.GraphModule:
     """Convert a Keras Sequential or Functional model into a torchblocks module, weights included.
 
     The result takes (N, C, H, W) input where Keras took (N, H, W, C) (2-D (N, F) inputs are
@@ -348,6 +349,10 @@ def from_keras(keras_model: Any) -> torch.fx.GraphModule:
     MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout, ZeroPadding2D) and
     nested Sequential/Functional models; anything else raises ``ValueError`` naming the layer and
     its class.
+
+    With ``verify=inputs`` (in the converted module's layout, as ``verify`` takes them) the result
+    is checked layer by layer first; a conversion that is not exact raises ``VerificationError``
+    (a ``ValueError``) whose message is the per-layer table, naming the first divergent layer.
 
     Returns:
         A ``torch.fx.GraphModule`` (class name ``KerasModel``): a static execution plan whose
@@ -397,4 +402,4 @@ def from_keras(keras_model: Any) -> torch.fx.GraphModule:
             env[tensor] = out
     outputs = [env[t] for t in source.outputs]
     graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
-    return torch.fx.GraphModule(modules, graph, class_name="KerasModel")
+    return checked(keras_model, torch.fx.GraphModule(modules, graph, class_name="KerasModel"), verify)
