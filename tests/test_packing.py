@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchblocks as tb
-from torchblocks import _packing, models
+from torchblocks import _onednn, _packing, models
+from torchblocks.activations import ACTIVATION_NAMES
 from torchblocks._onednn import PackedConv2d
 from torchblocks._packing import BLOCK_BYTES, BlockedSeparable, PixelConv2d
 from generated_models import SqueezeExcitation
@@ -91,6 +92,36 @@ def test_each_call_site_folds_what_only_it_reads():
         _close(optimized(x), model(x))
         _close(optimized(other), model(other))
     assert type(model.relu) is nn.ReLU and not model.relu.inplace  # the shared module is untouched
+
+
+# Keras activation name -> the oneDNN post-op a packed tb.Conv2d fuses it as; the other names
+# (softmax, elu, mish, ...) have none, and the conv is left as it is.
+FUSED_KERAS_ACTIVATIONS = {
+    "relu": "relu", "relu6": "hardtanh", "silu": "swish", "swish": "swish", "sigmoid": "sigmoid",
+    "tanh": "tanh", "hard_silu": "hardswish", "hard_swish": "hardswish", "hard_sigmoid": "hardsigmoid",
+    "gelu": "gelu", "leaky_relu": "leaky_relu",
+}
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_a_named_activation_applied_inside_the_layer_is_fused_or_the_conv_left_alone(name):
+    # A named activation is applied by the leaf layer itself (no ``act`` child): the packed conv
+    # must apply it too, and a BatchNorm after the layer (after its activation) is not folded.
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 7, 7)
+    model = calibrate(_seq(tb.Conv2d(4, 6, 3, padding="same", activation=name), tb.BatchNorm(6),
+                           tb.Conv2d(6, 5, 1, activation=name)), x)
+    assert tb.fusion.conv_bn_pairs(model) == ([("l0", "l1")] if name == "linear" else [])
+    optimized = tb.optimize_for_inference(model, x)
+    called = [optimized.module.get_submodule(n.target) for n in optimized.module.graph.nodes if n.op == "call_module"]
+    post_op = FUSED_KERAS_ACTIVATIONS.get(name)
+    if post_op is not None and _onednn.activation_available(post_op):
+        assert [m.act for m in called if isinstance(m, PackedConv2d)] == [post_op, post_op]
+    elif name != "linear":
+        assert [type(m) for m in called] == [tb.Conv2d, tb.BatchNorm, tb.Conv2d]
+    with torch.no_grad():
+        _close(optimized(x), model(x))
+        _close(optimized(-3 * x), model(-3 * x))
 
 
 class SumCases(nn.Module):

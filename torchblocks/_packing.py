@@ -31,6 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import _onednn
 from ._fx import LayerTracer, real_users, set_submodule
 from ._onednn import Activation, PackedConv2d
+from .activations import HardSigmoid
 from .conv import Conv2d, DepthwiseConv2d
 from .linear import Dense
 from .norm import BatchNorm
@@ -106,6 +107,7 @@ _ACTIVATION_MODULES = {
     nn.Tanh: lambda m: Activation("tanh"),
     nn.Hardswish: lambda m: Activation("hardswish"),
     nn.Hardsigmoid: lambda m: Activation("hardsigmoid"),
+    HardSigmoid: lambda m: Activation("hardsigmoid"),  # Keras' "hard_sigmoid"
     nn.GELU: lambda m: Activation("gelu", (), m.approximate),
     nn.LeakyReLU: lambda m: Activation("leaky_relu", (float(m.negative_slope),)),
 }
