@@ -180,6 +180,21 @@ def test_outputs_come_back_contiguous_as_in_eager_mode():
     y.view(y.size(0), -1)  # a feature map the caller flattens, as after eager mode
 
 
+@pytest.mark.parametrize("pool", [tb.GlobalAvgPool2d, tb.GlobalMaxPool2d])
+def test_input_checks_that_read_only_shapes_cost_no_contiguous_copy(pool):
+    # The global pools' rank check reads the shape only: the channels-last feature map reaches the
+    # pooling as it is, and the one contiguous copy left is the (N, C) output's.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9)
+    model = nn.Sequential(tb.Conv2d(3, 8, 3, activation="relu"), pool()).eval()
+    optimized = tb.optimize_for_inference(model, x)
+    copies = [n for n in optimized.module.graph.nodes if n.op == "call_method" and n.target == "contiguous"]
+    assert [n.args[0].op for n in copies] == ["call_method"]  # the pooling's flatten(1)
+    with torch.no_grad():
+        _close(optimized(x), model(x), rtol=1e-4)
+        _close(optimized(-x), model(-x), rtol=1e-4)
+
+
 def test_outputs_claim_no_gradients_and_inputs_needing_them_are_refused(small_net):
     model, x = small_net
     optimized = tb.optimize_for_inference(model, x)

@@ -19,11 +19,11 @@ from .conv import SeparableConv2d
 from .linear import Dense
 from .models._layers import check_input_size
 from .norm import BatchNorm
-from .pooling import AvgPool2d, MaxPool2d
+from .pooling import AvgPool2d, MaxPool2d, _check_global_input
 from .residual import _check_same_shape
 
 # Calls that read a tensor's shape only: folding keeps shapes, so they may share a conv's output.
-SHAPE_ONLY_CALLS = (_check_same_shape, check_input_size)
+SHAPE_ONLY_CALLS = (_check_same_shape, check_input_size, _check_global_input)
 
 
 class LayerTracer(torch.fx.Tracer):
