@@ -13,11 +13,13 @@ from typing import Callable, Dict, Tuple
 
 import pytest
 import torch
+from hypothesis import given
 from torch import nn
 
 import torchblocks as tb
 from torchblocks import export as tbe
 from torchblocks import models
+from generated_models import any_model, assert_sensitive, differential, tolerance
 from reliability_cases import calibrate
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
@@ -333,3 +335,86 @@ def test_torchscript_adds_no_warning_of_its_own():
         tbe.to_torchscript(model, None, x)
     ours = [w for w in caught if "torchblocks" in str(w.filename)]
     assert ours == []
+
+
+EXPORTERS = {
+    "torchscript": lambda model, path, x: tbe.to_torchscript(model, path, x),
+    "exported": lambda model, path, x: tbe.to_exported(model, path, x),
+    "onnx": lambda model, path, x: tbe.to_onnx(model, path, x),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORTERS))
+def test_an_optimised_module_is_refused_with_the_way_out(fmt, tmp_path):
+    model, x = _layer("Projection")
+    optimized = tb.optimize_for_inference(model, x)
+    assert not optimized.training  # no "is in training mode" warning on the way to the refusal
+    exporter = {"torchscript": "to_torchscript", "exported": "to_exported", "onnx": "to_onnx"}[fmt]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(TypeError, match=rf"{exporter}: InferenceModule is the optimised inference module of "
+                                            rf"Projection.*Export the model itself"):
+            EXPORTERS[fmt](optimized, tmp_path / "m", x)
+        # Held inside another model, or taken out of its wrapper: still refused, by its place.
+        with pytest.raises(TypeError, match=rf"{exporter}: Sequential.0.proj is a conv packed for oneDNN"):
+            EXPORTERS[fmt](nn.Sequential(optimized.module), tmp_path / "m", x)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORTERS))
+def test_a_failed_verification_leaves_no_file_and_an_old_file_untouched(fmt, tmp_path):
+    path = tmp_path / f"model.{fmt}"
+    path.write_bytes(b"the previous export")
+    model = _DivergesScripted() if fmt == "torchscript" else _DivergesExported()
+    with pytest.raises(RuntimeError, match="does not match eager mode"):
+        EXPORTERS[fmt](model.eval(), path, torch.randn(2, 3))
+    assert os.listdir(tmp_path) == [path.name] and path.read_bytes() == b"the previous export"
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum() > 0 else x
+
+
+def test_a_failed_onnx_export_says_why_in_plain_text(tmp_path):
+    with pytest.raises(NotImplementedError, match=r"to_onnx: _DataDependent cannot be exported to ONNX: Failed to "
+                                                  r"export the model with torch.export.*data-dependent") as caught:
+        tbe.to_onnx(_DataDependent().eval(), tmp_path / "d.onnx", torch.randn(2, 3))
+    assert "\x1b" not in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+def _check_export_differential(generated, export, tmp_path):
+    model, inputs = generated.model, generated.inputs
+    with torch.no_grad():
+        expected = model(*inputs)
+    tol = tolerance(expected)
+    assert_sensitive(generated, tol)
+    runnable = export(model, inputs, tmp_path)
+    with torch.no_grad():
+        assert float((runnable(*inputs) - expected).abs().max()) <= tol
+
+
+# exporter -> (examples, how to get a runnable module from it): torch.export and ONNX take seconds.
+EXPORT_DIFFERENTIAL = {
+    "script": (12, lambda model, inputs, tmp: tbe.to_torchscript(model, tmp / "m.pt", inputs)),
+    "trace": (12, lambda model, inputs, tmp: tbe.to_torchscript(model, tmp / "m.pt", inputs, method="trace")),
+    "exported": (5, lambda model, inputs, tmp: tbe.to_exported(model, tmp / "m.pt2", inputs).module()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPORT_DIFFERENTIAL))
+def test_exporters_differential(name, tmp_path):
+    """Generated models (shared modules, tied weights, branches, vector and image inputs, Conv1d/3d,
+    every torchblocks layer): each exporter's reloaded file equals eager mode."""
+    examples, export = EXPORT_DIFFERENTIAL[name]
+    check = differential(examples)(lambda generated: _check_export_differential(generated, export, tmp_path))
+    given(generated=any_model())(check)()
+
+
+def test_onnx_differential(tmp_path):
+    pytest.importorskip("onnxruntime")
+    # to_onnx checks onnxruntime against eager mode itself; it takes several seconds a model.
+    check = differential(2)(lambda generated: _check_export_differential(
+        generated, lambda model, inputs, tmp: (tbe.to_onnx(model, tmp / "m.onnx", inputs), model)[1], tmp_path))
+    given(generated=any_model())(check)()

@@ -8,25 +8,49 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from hypothesis import given
 from torch import nn
 
 import torchblocks as tb
 from torchblocks import models
 from torchblocks.fusion import conv_bn_pairs
+from generated_models import TiedWeights, any_model, assert_sensitive, differential, tolerance
 from reliability_cases import calibrate
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-
-
 def count_bn(model: nn.Module) -> int:
-    return sum(isinstance(m, (tb.BatchNorm, nn.BatchNorm2d)) for m in model.modules())
+    return sum(isinstance(m, (tb.BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules())
 
 
 class ToChannelsLast(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 2, 3, 1)
+
+
+class ConvCalledTwice(nn.Module):
+    """One conv module on two inputs, a BN after one call: folding would change the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) + self.conv(x.flip(-1))
+
+
+class ReadsConvWeight(nn.Module):
+    """Forward code reads the conv's weight itself: folding would change what it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) * self.conv.weight.sum()
 
 
 class ConvTwoUsers(nn.Module):
@@ -67,6 +91,12 @@ CASES = {
     "bn_first": (lambda: _seq(tb.BatchNorm(4), tb.Conv2d(4, 4, 3)), (2, 4, 7, 7), 1, 1),
     "bn_after_pool": (lambda: _seq(tb.Conv2d(4, 4, 3), tb.MaxPool2d(2), tb.BatchNorm(4)), (2, 4, 8, 8), 1, 1),
     "conv_two_users": (ConvTwoUsers, (2, 4, 6, 6), 1, 1),
+    "conv_called_twice": (ConvCalledTwice, (2, 4, 6, 6), 1, 1),
+    "reads_conv_weight": (ReadsConvWeight, (2, 4, 5, 5), 1, 1),
+    "tied_weights": (lambda: TiedWeights(4), (2, 4, 6, 6), 1, 0),
+    "conv1d_bn1d": (lambda: _seq(nn.Conv1d(4, 6, 3, bias=False), nn.BatchNorm1d(6), nn.ReLU()), (2, 4, 9), 1, 0),
+    "conv3d_bn3d": (lambda: _seq(nn.Conv3d(4, 6, 3, padding=1), nn.BatchNorm3d(6)), (2, 4, 5, 5, 5), 1, 0),
+    "dense_bn1d": (lambda: _seq(nn.Linear(4, 6), nn.BatchNorm1d(6)), (3, 4), 1, 1),
 }
 CASE_NAMES = sorted(CASES)
 
@@ -172,3 +202,31 @@ def test_fuse_bn_on_models(name):
         # The oracle is sensitive: another input moves the logits far more than the tolerance.
         assert float((model(torch.randn(shape)) - expected).abs().max()) > 1e-2 * float(expected.abs().max())
     assert params(fused) < params(model)
+
+
+def test_fuse_bn_folds_a_tied_weight_into_a_private_copy():
+    model, x = _case("tied_weights")
+    fused = tb.fuse_bn(model)
+    # The folded conv has a weight of its own; the other user keeps the original, unscaled.
+    assert fused.a.weight is not fused.b.weight
+    assert torch.equal(fused.b.weight, model.b.weight) and model.a.weight is model.b.weight
+    assert not torch.equal(fused.a.weight, model.a.weight)
+
+
+@differential(60)
+@given(generated=any_model())
+def test_fuse_bn_differential(generated):
+    """Generated models (shared modules, tied weights, branches, vectors, Conv1d/3d, every layer):
+    fuse_bn equals the eval-mode model to float32 round-off, and leaves the model unchanged."""
+    model, inputs = generated.model, generated.inputs
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(*inputs)
+    tol = tolerance(expected, 1e-5)
+    assert_sensitive(generated, tol)
+    fused = tb.fuse_bn(model)
+    with torch.no_grad():
+        actual = fused(*inputs)
+    assert float((actual - expected).abs().max()) <= tol
+    assert count_bn(fused) <= count_bn(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -14,6 +14,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import torchblocks as tb
+from torchblocks._checks import first_line
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Report:
             lines.append(
                 f"{c.name:<44}{c.candidate_ms:>14.3f}{c.reference_ms:>14.3f}{c.ratio:>8.3f}{target:>9}  {met}"
             )
+            lines.append(f"    {c.candidate} vs {c.reference}")
             if c.note:
                 lines.append(f"    {c.note}")
         lines += [f"skipped: {s}" for s in self.skipped]
@@ -126,11 +129,14 @@ def time_pair(
         _sync(device)
     cand, ref = [], []
     for r in range(rounds):
-        # Alternate who goes first so that drift within a round favours neither.
-        order = (candidate, reference) if r % 2 == 0 else (reference, candidate)
-        times = {id(fn): measure(fn) for fn in order}
-        cand.append(times[id(candidate)])
-        ref.append(times[id(reference)])
+        # Alternate who goes first so that drift within a round favours neither. The two sides
+        # are told apart by position, not identity: one callable may be timed against itself.
+        if r % 2 == 0:
+            cand.append(measure(candidate))
+            ref.append(measure(reference))
+        else:
+            ref.append(measure(reference))
+            cand.append(measure(candidate))
     ratio = statistics.median(c / r for c, r in zip(cand, ref))
     return statistics.median(cand) * 1e3, statistics.median(ref) * 1e3, ratio
 
@@ -225,7 +231,7 @@ def bench_xception(report: Report, quick: bool, rounds: int, min_run_time: float
     eager = _no_grad(model, x)
     a, b, ratio = time_pair(_no_grad(fast, x), eager, rounds, min_run_time, device)
     report.cases.append(
-        Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "tb eager", a, b, ratio,
+        Case(f"Xception inference N=1 {size}² vs own eager", "tb.optimize_for_inference", "tb eager", a, b, ratio,
              note=f"max abs(fast - eager) = {err:.2e}")
     )
     try:
@@ -236,28 +242,44 @@ def bench_xception(report: Report, quick: bool, rounds: int, min_run_time: float
         x_cl = x.contiguous(memory_format=torch.channels_last)
         a, b, ratio = time_pair(_no_grad(fast, x), _no_grad(timm_model, x_cl), rounds, min_run_time, device)
         report.cases.append(
-            Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "timm legacy_xception channels_last",
-                 a, b, ratio, 0.85)
+            Case(f"Xception inference N=1 {size}² vs timm", "tb.optimize_for_inference",
+                 "timm legacy_xception channels_last", a, b, ratio, 0.85)
         )
     if device == "cpu":
         try:
             keras_run = _keras_xception(size)
-        except ImportError:
-            report.skipped.append("Xception vs Keras: keras not installed (pip install 'torchblocks[bench]')")
+        except _Unavailable as exc:
+            report.skipped.append(f"Xception vs Keras: {exc}")
         else:
             a, b, ratio = time_pair(_no_grad(fast, x), keras_run, max(1, rounds // 2), min_run_time, device)
             report.cases.append(
-                Case(f"Xception inference N=1 {size}²", "tb.optimize_for_inference", "keras Xception (torch backend)",
-                     a, b, ratio, 0.25)
+                Case(f"Xception inference N=1 {size}² vs Keras", "tb.optimize_for_inference",
+                     "keras Xception (torch backend)", a, b, ratio, 0.25)
             )
 
 
-def _keras_xception(size: int) -> Callable[[], object]:
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    import keras
+class _Unavailable(Exception):
+    """An optional reference cannot run here; the message says why."""
 
+
+def _keras_xception(size: int) -> Callable[[], object]:
+    try:
+        importlib.metadata.version("keras")
+    except importlib.metadata.PackageNotFoundError:
+        raise _Unavailable("keras not installed (pip install 'torchblocks[bench]')") from None
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+    except ImportError as exc:  # e.g. KERAS_BACKEND names a backend that is not installed
+        raise _Unavailable(
+            f"keras failed to import on backend {os.environ['KERAS_BACKEND']!r} ({first_line(exc)}); "
+            f"this comparison needs KERAS_BACKEND=torch"
+        ) from exc
     if keras.backend.backend() != "torch":
-        raise ImportError("keras must run on the torch backend (KERAS_BACKEND=torch) for this comparison")
+        raise _Unavailable(
+            f"keras runs on the {keras.backend.backend()!r} backend (KERAS_BACKEND="
+            f"{os.environ.get('KERAS_BACKEND')!r}); this comparison needs KERAS_BACKEND=torch"
+        )
     model = keras.applications.Xception(weights=None, input_shape=(size, size, 3), classifier_activation=None)
     x = torch.randn(1, size, size, 3)
 
@@ -319,116 +341,31 @@ def bench_separable_saving(report: Report, quick: bool, rounds: int, min_run_tim
         )
 
 
-_PEAK_SCRIPT = r"""
-import gc, sys, torch
-torch.set_num_threads({threads})
-kind, size = sys.argv[1], int(sys.argv[2])
-x = torch.randn(1, 3, size, size)
-if kind == "timm":
-    import timm
-    run = timm.create_model("legacy_xception", pretrained=False).eval().to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
-else:
-    import torchblocks as tb
-    run = tb.optimize_for_inference(tb.models.xception().eval(), x)
-with torch.no_grad():
-    run(x)
-gc.collect()
-import ctypes
-ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap, so both start from the loaded model
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-baseline = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # resets VmHWM to the current RSS: the peak below is this inference's alone
-with torch.no_grad():
-    for _ in range(3):
-        run(x)
-print(baseline, status("VmHWM"))
-"""
-
-
-def peak_memory_mb(kind: str, size: int, threads: int) -> Tuple[float, float]:
-    """(RSS with the model loaded, peak RSS during three inferences) in MiB, in a fresh process.
-
-    Linux/glibc only. After one warm-up inference the freed heap is returned to the system
-    (``malloc_trim``) and the high-water mark reset through ``/proc/self/clear_refs``, so neither
-    the import of torch (whose libraries dominate a fresh process' RSS) nor the preparation of the
-    model masks the steady-state inference peak.
-    """
-    out = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT.format(threads=threads), kind, str(size)],
-        capture_output=True, text=True, check=True, timeout=600,
-    ).stdout.split()
-    return int(out[-2]) / 1024, int(out[-1]) / 1024
-
-
-def peak_tensor_mib(fn: Callable[[], object]) -> float:
-    """MiB of tensors alive at the peak of one call of ``fn`` (after a warm-up call), above those
-    alive before it: the allocations and frees ``torch.profiler`` records between top-level ops."""
-    from torch.profiler import profile
-
-    fn()
-    with profile(profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted((e for e in prof.events() if e.cpu_parent is None), key=lambda e: e.time_range.start):
-        live += event.cpu_memory_usage
-        peak = max(peak, live)
-    return peak / 2**20
-
-
-def bench_memory(report: Report, quick: bool) -> None:
-    if report.device != "cpu":
-        report.skipped.append("peak memory: measured on CPU only")
-        return
-    try:
-        timm_model = _timm_xception(report.device).to(memory_format=torch.channels_last)
-    except ImportError:
-        report.skipped.append("peak memory vs timm: timm not installed (pip install 'torchblocks[bench]')")
-        return
-    size = 71 if quick else 299
-    x = torch.randn(1, 3, size, size)
-    ours = _no_grad(tb.optimize_for_inference(tb.models.xception().eval(), x), x)
-    theirs = _no_grad(timm_model, x.contiguous(memory_format=torch.channels_last))
-    a, b = peak_tensor_mib(ours), peak_tensor_mib(theirs)
-    report.cases.append(
-        Case(f"Xception inference peak tensor memory N=1 {size}² (MiB)", "tb.optimize_for_inference",
-             "timm channels_last", a, b, a / b, 1.00,
-             note="columns: MiB of tensors alive at the peak of one call (torch.profiler), not ms")
-    )
-    if not sys.platform.startswith("linux"):
-        report.skipped.append("peak RSS: measured on Linux only (/proc)")
-        return
-    # Process RSS adds the allocator's and oneDNN's own memory, and moves by ~20% from process to
-    # process with the heap's layout: median of fresh processes, alternating; reported, not judged.
-    runs: Dict[str, List[Tuple[float, float]]] = {"tb-fast": [], "timm": []}
-    for _ in range(1 if quick else 5):
-        for kind in runs:
-            runs[kind].append(peak_memory_mb(kind, size, report.threads))
-    extra_ours, extra_theirs = (statistics.median(peak - base for base, peak in runs[k]) for k in runs)
-    peak_ours, peak_theirs = (statistics.median(peak for _, peak in runs[k]) for k in runs)
-    report.cases.append(
-        Case(f"Xception inference peak RSS growth N=1 {size}² (MiB)", "tb.optimize_for_inference",
-             "timm channels_last", extra_ours, extra_theirs, extra_ours / extra_theirs,
-             note=f"columns: MiB of RSS above the loaded model during inference, not ms; peak RSS "
-                  f"{peak_ours:.0f} vs {peak_theirs:.0f} MiB (medians of {len(runs['timm'])} processes each)")
-    )
-
-
 def _rounds(quick: bool) -> Tuple[int, float]:
     # Many short rounds, alternating: this machine's speed drifts by up to 2x within minutes, and
     # a ratio is only as good as the interleaving of its two timings.
     return (2, 0.01) if quick else (15, 0.2)
 
 
+def _bench_compile(report: Report, quick: bool, rounds: int, min_run_time: float) -> None:
+    from .bench_compile import bench_compile
+
+    bench_compile(report, quick, rounds, min_run_time)
+
+
+def _bench_memory(report: Report, quick: bool, rounds: int, min_run_time: float) -> None:
+    from .bench_memory import bench_memory
+
+    bench_memory(report, quick)
+
+
 SECTIONS: Dict[str, Callable[[Report, bool, int, float], None]] = {
     "layers": bench_layers,
     "separable": bench_separable_saving,
     "xception": bench_xception,
+    "compile": _bench_compile,
     "training": bench_training,
-    "memory": lambda report, quick, rounds, min_run_time: bench_memory(report, quick),
+    "memory": _bench_memory,
 }
 
 
@@ -451,16 +388,33 @@ def _run_section(name: str, report: Report) -> None:
     """
     code = "from torchblocks.bench import _section_main; _section_main()"
     args = [name, report.device, "1" if report.quick else "0", str(report.threads)]
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600)
+    with tempfile.TemporaryDirectory(prefix="torchblocks-bench-") as cache:
+        # Inductor starts cold in every section: no compiled graph or kernel is reused between runs.
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+               "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"benchmark section {name!r} failed:\n{done.stderr[-4000:]}")
+        lines = done.stderr.strip().splitlines() or ["(no output)"]
+        # The error's own line first: the command prints only the first line of a failure.
+        raise RuntimeError(f"benchmark section {name!r} failed: {lines[-1]}\n" + "\n".join(lines[-40:]))
     data = json.loads(done.stdout.strip().splitlines()[-1])
     report.cases += [Case(**{k: v for k, v in case.items() if k != "met"}) for case in data["cases"]]
     report.skipped += data["skipped"]
 
 
-def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None) -> Report:
-    """Run every benchmark; ``quick`` shrinks sizes and repetitions to about a minute on 2 cores."""
+def run(
+    device: str = "cpu", quick: bool = False, threads: Optional[int] = None, progress: bool = False,
+    sections: Optional[List[str]] = None,
+) -> Report:
+    """Run every benchmark (or the ``sections`` named, keys of ``SECTIONS``); ``quick`` shrinks
+    sizes and repetitions. With ``progress``, a bar on stderr counts the sections (only where
+    stderr is a terminal)."""
+    names = list(SECTIONS) if sections is None else list(sections)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"Invalid value for argument `sections`. Expected names from {tuple(SECTIONS)}. Received sections={sections!r}."
+        )
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("Invalid value for argument `device`. CUDA is not available. Received device='cuda'.")
     if device not in ("cpu", "cuda"):
@@ -468,6 +422,10 @@ def run(device: str = "cpu", quick: bool = False, threads: Optional[int] = None)
     if threads is not None:
         torch.set_num_threads(threads)
     report = Report(device, torch.get_num_threads(), quick, _environment(device))
-    for name in SECTIONS:
+    from tqdm import tqdm
+
+    bar = tqdm(names, desc="bench", unit="section", file=sys.stderr, disable=None if progress else True)
+    for name in bar:
+        bar.set_postfix_str(name)
         _run_section(name, report)
     return report

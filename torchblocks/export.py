@@ -4,19 +4,29 @@ Every exporter works on an eval-mode deep copy of the model: the caller's module
 changed. A model passed in training mode is exported in eval mode (BatchNorm uses its running
 statistics, as inference needs) and a ``UserWarning`` says so. Where ``example_inputs`` are given
 the export is run on them, saved, reloaded, and compared with the eager copy; a difference larger
-than the tolerance raises ``RuntimeError`` naming the module and the maximum error.
+than the tolerance raises ``RuntimeError`` naming the module and the maximum error. Files are
+written to a temporary file beside the target, checked from there, and only then renamed onto
+the target: a failed export or check leaves no file behind (and an existing target untouched).
+The result of ``tb.optimize_for_inference`` is refused: its weights are packed for this process;
+export the model it was built from.
 
 ``torch.export`` is PyTorch's recommended path; TorchScript (deprecated in torch 2.14, which warns
 with a ``FutureWarning`` of its own) remains for C++ ``torch::jit::load`` and existing JIT runtimes.
 """
+import contextlib
 import copy
+import os
+import re
+import uuid
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ._checks import ExampleInputs, PathArg, as_input_tuple, check_module, verify, writable_path
+from ._onednn import PackedConv2d
+from .inference import InferenceModule
 
 METHODS = ("script", "trace")
 FORMATS = ("torchscript", "exported", "onnx")
@@ -27,9 +37,29 @@ _EXACT_TOL = 1e-5
 _KERNEL_TOL = 1e-4
 
 
-def inference_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode deep copy of ``model``; warns when ``model`` itself is in training mode."""
+def _check_not_optimized(model: nn.Module, exporter: str) -> None:
+    """Refuse ``optimize_for_inference``'s result (or a model holding one): its packed oneDNN
+    weights have no storage to save and its graph is specialised to this process."""
+    for name, module in model.named_modules():
+        if isinstance(module, InferenceModule):
+            what = f"the optimised inference module of {module.model_name}"
+        elif isinstance(module, PackedConv2d):
+            what = f"a conv packed for oneDNN ({module.layer_name})"
+        else:
+            continue
+        where = f"{type(model).__name__} is" if name == "" else f"{type(model).__name__}.{name} is"
+        raise TypeError(
+            f"{exporter}: {where} {what}, made by tb.optimize_for_inference: its weights are packed "
+            f"for oneDNN in this process and cannot be exported. Export the model itself, e.g. "
+            f"{exporter}(model, ...), and optimise it where it is loaded."
+        )
+
+
+def inference_copy(model: nn.Module, exporter: str = "export") -> nn.Module:
+    """An eval-mode deep copy of ``model``; warns when ``model`` itself is in training mode and
+    refuses an optimised inference module."""
     check_module(model)
+    _check_not_optimized(model, exporter)
     if model.training:
         warnings.warn(
             f"{type(model).__name__} is in training mode; exporting an eval-mode copy (BatchNorm "
@@ -38,6 +68,25 @@ def inference_copy(model: nn.Module) -> nn.Module:
             stacklevel=3,
         )
     return copy.deepcopy(model).eval()
+
+
+@contextlib.contextmanager
+def _atomic(path: Optional[str]) -> Iterator[Optional[str]]:
+    """A temporary file name beside ``path`` to write and check; renamed onto ``path`` when the
+    block succeeds, removed when it raises. None stays None (nothing to write)."""
+    if path is None:
+        yield None
+        return
+    folder, base = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(base)
+    # The extension stays last: some writers choose the format by it.
+    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def to_torchscript(
@@ -74,7 +123,7 @@ def to_torchscript(
     if method == "trace" and inputs is None:
         raise ValueError("Invalid value for argument `example_inputs`. method='trace' needs example inputs. Received example_inputs=None.")
     path = None if path is None else writable_path(path)
-    eager = inference_copy(model)
+    eager = inference_copy(model, "to_torchscript")
     name = type(model).__name__
     tol = _KERNEL_TOL if optimize else _EXACT_TOL
     rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
@@ -88,14 +137,15 @@ def to_torchscript(
         # freeze inlines the weights and folds Conv+BN; it is what gets saved, because the MKLDNN
         # constants that optimize_for_inference adds afterwards cannot be serialised.
         scripted = torch.jit.freeze(scripted)
-    if path is not None:
-        torch.jit.save(scripted, path)
-        scripted = torch.jit.load(path)
-    if optimize:
-        scripted = torch.jit.optimize_for_inference(scripted)
-    if inputs is not None:
-        with torch.no_grad():
-            verify(eager(*inputs), scripted(*inputs), name, f"TorchScript ({method})", rtol, atol)
+    with _atomic(path) as tmp:
+        if tmp is not None:
+            torch.jit.save(scripted, tmp)
+            scripted = torch.jit.load(tmp)
+        if optimize:
+            scripted = torch.jit.optimize_for_inference(scripted)
+        if inputs is not None:
+            with torch.no_grad():
+                verify(eager(*inputs), scripted(*inputs), name, f"TorchScript ({method})", rtol, atol)
     return scripted
 
 
@@ -142,17 +192,18 @@ def to_exported(
         raise ValueError("Invalid value for argument `example_inputs`. torch.export needs example inputs. Received example_inputs=None.")
     inputs = _batch_of_two(as_input_tuple(example_inputs, "example_inputs"))
     path = None if path is None else writable_path(path)
-    eager = inference_copy(model)
+    eager = inference_copy(model, "to_exported")
     name = type(model).__name__
     with torch.no_grad():
         program = torch.export.export(eager, inputs, dynamic_shapes=_dynamic_batch(inputs))
-    if path is not None:
-        torch.export.save(program, path)
-        program = torch.export.load(path)
-    runnable = program.module()
-    with torch.no_grad():
-        for args in (inputs, _other_batch(inputs)):
-            verify(eager(*args), runnable(*args), name, "torch.export program", rtol, atol)
+    with _atomic(path) as tmp:
+        if tmp is not None:
+            torch.export.save(program, tmp)
+            program = torch.export.load(tmp)
+        runnable = program.module()
+        with torch.no_grad():
+            for args in (inputs, _other_batch(inputs)):
+                verify(eager(*args), runnable(*args), name, "torch.export program", rtol, atol)
     return program
 
 
@@ -191,25 +242,45 @@ def to_onnx(
     onnx, onnxruntime = _onnx_modules()
     inputs = _batch_of_two(as_input_tuple(example_inputs, "example_inputs"))
     path = writable_path(path)
-    eager = inference_copy(model)
+    eager = inference_copy(model, "to_onnx")
     name = type(model).__name__
     names = [f"input_{i}" for i in range(len(inputs))]
-    with torch.no_grad(), warnings.catch_warnings():
-        # The exporter reports progress through `print`-like warnings; failures still raise.
-        warnings.simplefilter("ignore", UserWarning)
-        torch.onnx.export(
-            eager, inputs, path, input_names=names, dynamo=True, opset_version=opset_version,
-            dynamic_shapes=_dynamic_batch(inputs), external_data=False, verbose=False,
-        )
-    proto = onnx.load(path)
-    onnx.checker.check_model(proto)
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        for args in (inputs, _other_batch(inputs)):
-            feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, args)}
-            outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
-            verify(eager(*args), outputs, name, "ONNX model (onnxruntime)", rtol, atol)
+    with _atomic(path) as tmp:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The exporter reports progress through `print`-like warnings; failures still raise.
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                torch.onnx.export(
+                    eager, inputs, tmp, input_names=names, dynamo=True, opset_version=opset_version,
+                    dynamic_shapes=_dynamic_batch(inputs), external_data=False, verbose=False,
+                )
+            except Exception as exc:  # torch.onnx raises its own classes from each of its steps
+                raise NotImplementedError(f"to_onnx: {name} cannot be exported to ONNX: {_onnx_summary(exc)}") from exc
+        proto = onnx.load(tmp)
+        onnx.checker.check_model(proto)
+        session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            for args in (inputs, _other_batch(inputs)):
+                feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, args)}
+                outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
+                verify(eager(*args), outputs, name, "ONNX model (onnxruntime)", rtol, atol)
     return proto
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _onnx_summary(error: BaseException) -> str:
+    """torch.onnx's failure message, without its terminal colour codes: its first line and the
+    first line of its "Exception summary"."""
+    text = _ANSI.sub("", str(error)).strip()
+    lines = [line.strip() for line in text.splitlines()]
+    first = lines[0].split(" Next steps:")[0] if lines else type(error).__name__
+    if "## Exception summary" in lines:
+        rest = [line for line in lines[lines.index("## Exception summary") + 1:] if line]
+        if rest:
+            return f"{first} {rest[0]}"
+    return first
 
 
 def export_model(
