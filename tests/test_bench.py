@@ -10,7 +10,7 @@ import torch.utils.benchmark
 
 from torchblocks import bench
 from torchblocks.bench import Case, time_pair
-from torchblocks.bench_memory import peak_tensor_mib
+from torchblocks.bench.memory import peak_tensor_mib
 from torchblocks.cli import main
 
 CASE_FIELDS = {"name", "candidate", "reference", "candidate_ms", "reference_ms", "ratio", "target",
@@ -123,17 +123,17 @@ def test_keras_on_another_backend_is_reported_as_such_not_as_missing(monkeypatch
     fake.backend = types.SimpleNamespace(backend=lambda: "jax")
     monkeypatch.setitem(sys.modules, "keras", fake)
     monkeypatch.setenv("KERAS_BACKEND", "jax")
-    with pytest.raises(bench._Unavailable, match=r"keras runs on the 'jax' backend \(KERAS_BACKEND='jax'\); this "
+    with pytest.raises(bench.sections._Unavailable, match=r"keras runs on the 'jax' backend \(KERAS_BACKEND='jax'\); this "
                                                  r"comparison needs KERAS_BACKEND=torch"):
-        bench._keras_xception(71)
+        bench.sections._keras_xception(71)
 
 
 def test_keras_that_fails_to_import_is_reported_with_the_cause(monkeypatch):
     monkeypatch.setitem(sys.modules, "keras", None)  # `import keras` now raises ImportError
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
-    with pytest.raises(bench._Unavailable, match=r"keras failed to import on backend 'tensorflow' \(.*\); this "
+    with pytest.raises(bench.sections._Unavailable, match=r"keras failed to import on backend 'tensorflow' \(.*\); this "
                                                  r"comparison needs KERAS_BACKEND=torch"):
-        bench._keras_xception(71)
+        bench.sections._keras_xception(71)
 
 
 @pytest.mark.parametrize("path, match", [("{tmp}", "Expected a file, not a directory"),

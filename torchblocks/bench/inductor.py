@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import torchblocks as tb
-from torchblocks.bench import Case, Report, time_pair
+from .harness import Case, Report, time_pair
 
 # (name, input size, builder): the four CNNs; torchvision's with weights=None.
 MODELS: List[Tuple[str, int, Callable[[], nn.Module]]] = [

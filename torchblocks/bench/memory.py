@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 import torchblocks as tb
-from torchblocks.bench import Case, Report, _no_grad, _timm_xception
+from .harness import Case, Report, no_grad_call, timm_xception
 
 
 _PEAK_SCRIPT = r"""
@@ -77,14 +77,14 @@ def bench_memory(report: Report, quick: bool) -> None:
         report.skipped.append("peak memory: measured on CPU only")
         return
     try:
-        timm_model = _timm_xception(report.device).to(memory_format=torch.channels_last)
+        timm_model = timm_xception(report.device).to(memory_format=torch.channels_last)
     except ImportError:
         report.skipped.append("peak memory vs timm: timm not installed (pip install 'torchblocks[bench]')")
         return
     size = 71 if quick else 299
     x = torch.randn(1, 3, size, size)
-    ours = _no_grad(tb.optimize_for_inference(tb.models.xception().eval(), x), x)
-    theirs = _no_grad(timm_model, x.contiguous(memory_format=torch.channels_last))
+    ours = no_grad_call(tb.optimize_for_inference(tb.models.xception().eval(), x), x)
+    theirs = no_grad_call(timm_model, x.contiguous(memory_format=torch.channels_last))
     a, b = peak_tensor_mib(ours), peak_tensor_mib(theirs)
     report.cases.append(
         Case(f"Xception inference peak tensor memory N=1 {size}² (MiB)", "tb.optimize_for_inference",
