@@ -134,6 +134,9 @@ def _frozen(model: nn.Module) -> nn.Module:
         # torch 2.14's FutureWarning for torch.jit repeats once per submodule; the caller asked
         # for this method by name, so the deprecation is known and not repeated here.
         warnings.simplefilter("ignore", FutureWarning)
+        # torch.fx.GraphModule's own __init__ annotates an empty dict, which the script checker
+        # reports about every flattened model; nothing in the model is at fault.
+        warnings.filterwarnings("ignore", "The TorchScript type system doesn't support instance-level", UserWarning)
         scripted = torch.jit.script(model)
         return torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
 
