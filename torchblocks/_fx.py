@@ -112,7 +112,7 @@ def is_4d(node: Any) -> bool:
 _LAYOUT_FREE_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.getitem, getattr,
     torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.flatten, torch.mean, torch.sum, torch.amax,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clamp,
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp,
     F.relu, F.relu6, F.silu, F.sigmoid, F.hardswish, F.hardsigmoid, F.gelu, F.elu, F.leaky_relu, F.dropout,
     F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.max_pool2d, F.avg_pool2d,
     *SHAPE_ONLY_CALLS,
@@ -120,6 +120,8 @@ _LAYOUT_FREE_FUNCTIONS = {
 _LAYOUT_FREE_METHODS = {
     "add", "sub", "mul", "div", "neg", "relu", "sigmoid", "tanh", "clamp", "flatten", "mean", "sum",
     "amax", "size", "dim", "contiguous", "reshape", "to", "float",
+    # The in-place forms the packed path writes (``_packing``): elementwise, so layout-free too.
+    "add_", "mul_",
 }
 
 
