@@ -214,7 +214,10 @@ def randomize(model, rng: np.random.Generator) -> None:
 def calibrate_bn(model, x: np.ndarray) -> None:
     """Moving statistics := the statistics of batch ``x``: one training-mode pass with BN
     momentum 0, then the momenta restored (so the interop still has Keras' to convert)."""
-    bns = [l for l in model.layers if isinstance(l, keras().layers.BatchNormalization)]
+    _calibrate(model, [l for l in model.layers if isinstance(l, keras().layers.BatchNormalization)], x)
+
+
+def _calibrate(model, bns, x: np.ndarray) -> None:
     saved = [bn.momentum for bn in bns]
     for bn in bns:
         bn.momentum = 0.0
@@ -304,14 +307,7 @@ def batch_norms(model) -> list:
 def calibrate_all_bn(model, x: np.ndarray) -> None:
     """``calibrate_bn`` for every BatchNormalization, nested models included (``x`` in the model's
     own layout)."""
-    bns = batch_norms(model)
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    with torch.no_grad():
-        model(x, training=True)
-    for bn, momentum in zip(bns, saved):
-        bn.momentum = momentum
+    _calibrate(model, batch_norms(model), x)
 
 
 # Every image classifier of keras.applications with its smallest valid input size; NASNetMobile is
