@@ -8,6 +8,7 @@ outputs, and the DDP models train with BN frozen. ``tb.SyncBatchNorm`` (from
 mode must give the outputs, input gradients, parameter gradients and running statistics of one
 process on the whole batch.
 """
+import contextlib
 import copy
 import datetime
 import os
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -67,15 +69,23 @@ def _step(model: nn.Module, trained: nn.Module, x: torch.Tensor, labels: torch.T
     return {"grads": grads, "params": {name: p.detach().clone() for name, p in trained.named_parameters()}}
 
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    """Spawned process ``rank``: join the gloo group, train each case on its half of the batch."""
+@contextlib.contextmanager
+def _gloo_group(rank: int, port: int) -> Iterator[None]:
+    """In a spawned worker: join the WORLD_SIZE gloo group on localhost as ``rank``, one thread,
+    and leave it on the way out."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=30)
-    )
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=30))
     try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    """Spawned process ``rank``: join the gloo group, train each case on its half of the batch."""
+    with _gloo_group(rank, port):
         results = {}
         for name in DDP_CASES:
             model, x, labels = _setup(name)
@@ -83,8 +93,6 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
             part = slice(rank * half, (rank + 1) * half)
             results[name] = _step(DistributedDataParallel(model), model, x[part], labels[part])
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def _spawn(worker, out_dir) -> None:
@@ -245,13 +253,7 @@ def _sync_bn_step(model: nn.Module, x: torch.Tensor, rows: slice):
 
 
 def _sync_bn_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=30)
-    )
-    try:
+    with _gloo_group(rank, port):
         results = {}
         for name in SYNC_CASES:
             for split, sizes in SPLITS.items():
@@ -266,8 +268,6 @@ def _sync_bn_worker(rank: int, port: int, out_dir: str) -> None:
                     dist.all_reduce(grad)
                 results[f"{name}/{split}"] = result
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
