@@ -314,23 +314,8 @@ def image_vector_models(draw) -> Generated:
     vector_out = _out_shape(vector, (2, features))[1]
     model = ImageAndVector(body, _out_shape(body, shape)[1], vector, vector_out)
     img, vec = torch.randn(shape), torch.randn(shape[0], features)
-    calibrate_pair(model, img, vec)
+    calibrate(model, img, vec)
     return Generated(model, (img, vec), tuple(names) + tuple(vector_names) + ("image+vector",))
-
-
-def calibrate_pair(model: nn.Module, img: torch.Tensor, vec: torch.Tensor) -> nn.Module:
-    """``calibrate`` for a model of two inputs: BatchNorm statistics from one real batch."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(torch.cat([img, torch.randn_like(img)]), torch.cat([vec, torch.randn_like(vec)]))
-        for bn in norms:
-            bn.momentum = 0.1
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 def any_model() -> st.SearchStrategy:
@@ -341,6 +326,16 @@ def any_model() -> st.SearchStrategy:
 def tolerance(expected: torch.Tensor, dtype_tol: float = 1e-4) -> float:
     """The check ``optimize_for_inference`` applies: atol + rtol * max|expected| (float32)."""
     return dtype_tol + dtype_tol * float(expected.abs().max())
+
+
+def sensitive_reference(generated: Generated, dtype_tol: float = 1e-4) -> Tuple[torch.Tensor, float]:
+    """The eager output of ``generated`` and the tolerance to meet it within (``tolerance``),
+    once ``assert_sensitive`` has shown that tolerance can catch a wrong answer."""
+    with torch.no_grad():
+        expected = generated.model(*generated.inputs)
+    tol = tolerance(expected, dtype_tol)
+    assert_sensitive(generated, tol)
+    return expected, tol
 
 
 def assert_sensitive(generated: Generated, tol: float) -> None:

@@ -129,14 +129,15 @@ def make_input(shape, dtype=torch.float32, seed: int = 1) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=dtype)
 
 
-def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Eval-mode model whose BatchNorm statistics are those of a real batch (momentum 1)."""
+def calibrate(model: nn.Module, *inputs: torch.Tensor) -> nn.Module:
+    """Eval-mode model whose BatchNorm statistics are those of a real batch (momentum 1); a
+    model of several inputs takes one batch of each."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in norms:
         bn.momentum = 1.0
     model.train()
     with torch.no_grad():
-        model(torch.cat([x, torch.randn_like(x)]))
+        model(*[torch.cat([x, torch.randn_like(x)]) for x in inputs])
         for bn in norms:
             bn.momentum = 0.1
             bn.weight.uniform_(0.5, 1.5)

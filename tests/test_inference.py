@@ -18,8 +18,7 @@ from torchblocks import _onednn, inference
 from torchblocks._onednn import PackedConv2d
 from torchblocks.inference import InferenceModule, inference_candidates
 from generated_models import (
-    ImageAndVector, SharedReLU, SqueezeExcitation, any_model, assert_sensitive, calibrate_pair, differential,
-    tolerance,
+    ImageAndVector, SharedReLU, SqueezeExcitation, any_model, differential, sensitive_reference,
 )
 from reliability_cases import calibrate
 
@@ -152,7 +151,7 @@ ANY_RANK = {
 def _any_rank(name):
     make, inputs = ANY_RANK[name]
     model, args = make(), inputs()
-    return calibrate_pair(model, *args) if len(args) == 2 else calibrate(model, args[0]), args
+    return calibrate(model, *args), args
 
 
 @pytest.mark.parametrize("method", ["auto", "fuse_bn+channels_last"])
@@ -310,10 +309,7 @@ def test_a_converted_keras_model_with_a_vector_input():
 
 def _check_differential(generated, method):
     model, inputs = generated.model, generated.inputs
-    with torch.no_grad():
-        expected = model(*inputs)
-    tol = tolerance(expected)
-    assert_sensitive(generated, tol)
+    expected, tol = sensitive_reference(generated)
     optimized = tb.optimize_for_inference(model, inputs, method=method)
     with torch.no_grad():
         actual = optimized(*inputs)
