@@ -197,15 +197,13 @@ def _zero_pad(m: nn.ZeroPad2d) -> Call:
     return call("nn.ZeroPad2d", [], tuple(m.padding))
 
 
-@writes(nn.Identity, nn.SELU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.Hardsigmoid, nn.Hardswish, nn.Mish, nn.Softsign)
+@writes(
+    nn.Identity, nn.ReLU, nn.ReLU6, nn.SELU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.Hardsigmoid, nn.Hardswish, nn.Mish,
+    nn.Softsign,
+)
 def _plain_activation(m: nn.Module) -> Call:
     inplace = getattr(m, "inplace", False)
     return call(f"nn.{type(m).__name__}", [], **non_default(inplace=(inplace, False)))
-
-
-@writes(nn.ReLU, nn.ReLU6)
-def _relu(m: nn.Module) -> Call:
-    return call(f"nn.{type(m).__name__}", [], **non_default(inplace=(m.inplace, False)))
 
 
 @writes(nn.Hardtanh)
