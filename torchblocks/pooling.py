@@ -70,23 +70,7 @@ def _check_pool_input(x: Tensor, min_height: int, min_width: int, window: str, l
     check_window_fits(x, min_height, min_width, window, layer)
 
 
-class _ExplainsDtype:
-    """Every pooling's eager call: ``_pool``, with a dtype torch cannot pool named after the
-    layer (``layer_name``) rather than left as torch's message."""
-
-    @torch.jit.unused
-    def _pool_or_explain(self, x: Tensor) -> Tensor:
-        # Eager only (TorchScript has no try): a dtype torch cannot pool is named after the fact.
-        try:
-            return self._pool(x)
-        except RuntimeError as error:
-            explained = dtype_error(self.layer_name, x, error)
-            if explained is None:
-                raise
-            raise explained from error
-
-
-class _KerasPooling(_ExplainsDtype):
+class _KerasPooling:
     """What both Keras poolings share: the 'same' plan, the input check and ``extra_repr``.
 
     Mixed in before the torch pooling class, so the layer stays an ``nn.MaxPool2d`` /
@@ -108,6 +92,17 @@ class _KerasPooling(_ExplainsDtype):
     def _trim(self, y: Tensor) -> Tensor:
         # Same memory format as an untrimmed output (a copy: a view would not be contiguous).
         return y[:, :, self.trim_h:, self.trim_w:].clone(memory_format=torch.preserve_format)
+
+    @torch.jit.unused
+    def _pool_or_explain(self, x: Tensor) -> Tensor:
+        # Eager only (TorchScript has no try): a dtype torch cannot pool is named after the fact.
+        try:
+            return self._pool(x)
+        except RuntimeError as error:
+            explained = dtype_error(self.layer_name, x, error)
+            if explained is None:
+                raise
+            raise explained from error
 
     def extra_repr(self) -> str:
         return (
@@ -218,7 +213,7 @@ def _check_global_input(x: Tensor, layer: str) -> None:
         )
 
 
-class _GlobalPooling(_ExplainsDtype, nn.Module):
+class _GlobalPooling(nn.Module):
     """What both global poolings share: ``keepdims``, the input check and the dtype errors."""
 
     keepdims: Final[bool]
@@ -244,6 +239,16 @@ class _GlobalPooling(_ExplainsDtype, nn.Module):
 
     def _pool(self, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    @torch.jit.unused
+    def _pool_or_explain(self, x: Tensor) -> Tensor:
+        try:
+            return self._pool(x)
+        except RuntimeError as error:
+            explained = dtype_error(self.layer_name, x, error)
+            if explained is None:
+                raise
+            raise explained from error
 
     def extra_repr(self) -> str:
         return f"keepdims={self.keepdims}"
